@@ -1,0 +1,122 @@
+"""Every deployed FireGrid function (see firegrid.manifest). Entry points only:
+parse the request or event, call a service, map the result."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import flask
+import functions_framework
+from cloudevents.http import CloudEvent
+from firegrid import web
+from firegrid.adapters.events import decode_change
+from firegrid.domain.errors import BadRequest
+from firegrid.services import cycles, devices, hosting, operator
+from firegrid.services.context import Context
+from firegrid.wiring import context
+
+logging.basicConfig(level=os.environ.get("FIREGRID_LOG_LEVEL", "INFO"))
+log = logging.getLogger("firegrid.functions")
+
+
+def _speed_test_sample(ctx: Context, request: flask.Request) -> web.Reply:
+    if "worker_id" not in request.args or "random" not in request.args:
+        raise BadRequest("'worker_id' and 'random' are required", "missing_field")
+    if request.args.get("is_ping") in ("1", "true", "True"):
+        return {}
+    return web.binary(os.urandom(ctx.settings.speed_test_bytes))
+
+
+def _speed_test_upload(ctx: Context, request: flask.Request) -> web.Reply:
+    request.get_data(cache=False)  # the upload itself is what the device times
+    return {}
+
+
+def _metrics(ctx: Context, request: flask.Request) -> web.Reply:
+    return operator.post_metrics(ctx, web.json_body(request))
+
+
+DEVICE_ROUTES: web.Routes = {
+    ("POST", "/authenticate"): lambda ctx, r: devices.authenticate(ctx, web.json_body(r)),
+    ("POST", "/cycle-request"): lambda ctx, r: devices.request_cycle(ctx, web.json_body(r)),
+    ("GET", "/get-model"): lambda ctx, r: devices.get_model(ctx, web.query_args(r)),
+    ("GET", "/get-plan"): lambda ctx, r: devices.get_plan(ctx, web.query_args(r)),
+    ("GET", "/speed-test"): _speed_test_sample,
+    ("POST", "/speed-test"): _speed_test_upload,
+    ("POST", "/report"): lambda ctx, r: devices.report(ctx, web.json_body(r)),
+    ("POST", "/metrics"): _metrics,
+    ("POST", "/upload-stats"): _metrics,
+}
+
+
+def _training_metrics(ctx: Context, request: flask.Request) -> web.Reply:
+    rows = operator.training_metrics(ctx, web.query_args(request))
+    if request.args.get("format") == "csv":
+        return flask.Response(operator.metrics_csv(rows), mimetype="text/csv")
+    return {"metrics": rows}
+
+
+ADMIN_ROUTES: web.Routes = {
+    ("POST", "/host-training"): lambda ctx, r: (
+        {"status": "success", "process_id": hosting.host_training(ctx, web.json_body(r))},
+        201,
+    ),
+    ("GET", "/status"): lambda ctx, r: operator.status(ctx, web.query_args(r)),
+    ("GET", "/retrieve-model"): lambda ctx, r: operator.retrieve_model(ctx, web.query_args(r)),
+    ("GET", "/training-metrics"): _training_metrics,
+    ("POST", "/tick"): lambda ctx, r: cycles.tick(ctx).to_wire(),
+}
+
+
+def _admin_guard(ctx: Context, request: flask.Request) -> None:
+    web.require_bearer(request, ctx.settings.admin_token)
+
+
+@functions_framework.http
+def model_centric(request: flask.Request) -> flask.Response:
+    return web.dispatch(request, DEVICE_ROUTES, context)
+
+
+@functions_framework.http
+def admin(request: flask.Request) -> flask.Response:
+    return web.dispatch(request, ADMIN_ROUTES, context, guard=_admin_guard)
+
+
+@functions_framework.http
+def tick(request: flask.Request) -> flask.Response:
+    """Cloud Scheduler's target (OIDC-authenticated in production)."""
+    return web.dispatch(
+        request, {("POST", "/"): ADMIN_ROUTES[("POST", "/tick")]}, context, guard=_admin_guard
+    )
+
+
+def _doc_ids(path: str) -> dict[str, str]:
+    """``processes/p/cycles/3/assignments/w`` -> {"processes": "p", "cycles": "3", ...}."""
+    parts = path.split("/")
+    return dict(zip(parts[0::2], parts[1::2], strict=True))
+
+
+@functions_framework.cloud_event
+def on_assignment_written(event: CloudEvent) -> None:
+    """A newly reported diff may fill the cycle: close it then."""
+    change = decode_change(event["subject"], event.data)
+    reported_now = bool(change.after and change.after.get("reported")) and not (
+        change.before and change.before.get("reported")
+    )
+    if not reported_now:
+        return
+    ids = _doc_ids(change.path)
+    cycles.on_report(context(), ids["processes"], int(ids["cycles"]))
+
+
+@functions_framework.cloud_event
+def on_cycle_written(event: CloudEvent) -> None:
+    """A cycle entering ``closing`` is aggregated (idempotent under redelivery)."""
+    change = decode_change(event["subject"], event.data)
+    entered_closing = bool(change.after and change.after.get("status") == "closing") and not (
+        change.before and change.before.get("status") == "closing"
+    )
+    if entered_closing:
+        ids = _doc_ids(change.path)
+        cycles.close_cycle(context(), ids["processes"], int(ids["cycles"]))

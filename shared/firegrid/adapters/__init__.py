@@ -1,0 +1,1 @@
+"""Google Cloud adapters for the ports (the only code importing Google libraries)."""

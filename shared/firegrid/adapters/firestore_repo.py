@@ -1,0 +1,445 @@
+"""The Repository port on Cloud Firestore.
+
+Layout (docs/state.md): ``processes/{p}``, ``processes/{p}/cycles/{seq}``,
+``.../cycles/{seq}/assignments/{worker}``, ``.../cycles/{seq}/slots/{i}``,
+``processes/{p}/metrics/{id}``, ``workers/{worker}``.
+
+Concurrency: no document is written by every request. Places in a capped
+cycle are claimed with create-if-absent slot documents; transitions of a
+cycle run in transactions that check its status first, so they happen once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from firegrid.domain.config import ServerConfig
+from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
+from firegrid.domain.diffs import schema_from_wire, schema_to_wire
+from firegrid.domain.errors import Conflict
+from firegrid.domain.model import Assignment, CycleSummary, Process, Worker
+
+_EXISTS = (gexc.AlreadyExists, gexc.Conflict, gexc.FailedPrecondition)
+
+
+class FirestoreRepository:
+    def __init__(self, client: firestore.Client) -> None:
+        self._db = client
+
+    # -- references -------------------------------------------------------
+    def _process_ref(self, process_id: str) -> firestore.DocumentReference:
+        return self._db.collection("processes").document(process_id)
+
+    def _cycle_ref(self, process_id: str, seq: int) -> firestore.DocumentReference:
+        return self._process_ref(process_id).collection("cycles").document(str(seq))
+
+    def _assignments(self, process_id: str, seq: int) -> firestore.CollectionReference:
+        return self._cycle_ref(process_id, seq).collection("assignments")
+
+    def _slots(self, process_id: str, seq: int) -> firestore.CollectionReference:
+        return self._cycle_ref(process_id, seq).collection("slots")
+
+    def _worker_ref(self, worker_id: str) -> firestore.DocumentReference:
+        return self._db.collection("workers").document(worker_id)
+
+    # -- processes --------------------------------------------------------
+    def create_hosting(self, process: Process) -> None:
+        try:
+            self._process_ref(process.id).create(_process_doc(process))
+        except _EXISTS:
+            raise Conflict(
+                "A process with this name and version exists", "duplicate_process"
+            ) from None
+
+    def start_training(self, process: Process, first_cycle: Cycle) -> None:
+        batch = self._db.batch()
+        batch.create(self._cycle_ref(process.id, first_cycle.seq), _cycle_doc(first_cycle))
+        batch.update(self._process_ref(process.id), {"status": ProcessStatus.TRAINING.value})
+        batch.commit()
+
+    def delete_process(self, process_id: str) -> None:
+        self._process_ref(process_id).delete()
+
+    def get_process(self, process_id: str) -> Process | None:
+        snap = self._process_ref(process_id).get()
+        return _process(snap.id, snap.to_dict()) if snap.exists else None
+
+    def find_process(self, name: str, version: str | None) -> Process | None:
+        query = self._db.collection("processes").where(filter=FieldFilter("name", "==", name))
+        if version is not None:
+            query = query.where(filter=FieldFilter("version", "==", version))
+        found = [_process(s.id, s.to_dict()) for s in query.stream()]
+        found = [p for p in found if p.status is not ProcessStatus.HOSTING]
+        return max(found, key=lambda p: p.created_at, default=None)
+
+    def training_processes(self) -> list[Process]:
+        query = self._db.collection("processes").where(
+            filter=FieldFilter("status", "==", ProcessStatus.TRAINING.value)
+        )
+        return [_process(s.id, s.to_dict()) for s in query.stream()]
+
+    # -- workers ----------------------------------------------------------
+    def get_worker(self, worker_id: str) -> Worker | None:
+        snap = self._worker_ref(worker_id).get()
+        return _worker(snap.id, snap.to_dict()) if snap.exists else None
+
+    def save_worker(self, worker: Worker) -> Worker:
+        try:
+            self._worker_ref(worker.id).create(
+                {
+                    "process_id": worker.process_id,
+                    "subject": worker.subject,
+                    "created_at": worker.created_at,
+                    "last_cycle": worker.last_cycle,
+                }
+            )
+            return worker
+        except _EXISTS:
+            existing = self.get_worker(worker.id)
+            assert existing is not None
+            return existing
+
+    def count_workers(self, process_id: str) -> int:
+        query = self._db.collection("workers").where(
+            filter=FieldFilter("process_id", "==", process_id)
+        )
+        return _count(query)
+
+    # -- cycles -----------------------------------------------------------
+    def get_cycle(self, process_id: str, seq: int) -> Cycle | None:
+        snap = self._cycle_ref(process_id, seq).get()
+        return _cycle(process_id, snap.to_dict()) if snap.exists else None
+
+    def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None:
+        snap = self._assignments(process_id, seq).document(worker_id).get()
+        return _assignment(snap.to_dict()) if snap.exists else None
+
+    def claim_place(
+        self, process_id: str, cycle: Cycle, worker_id: str, max_workers: int | None, now: datetime
+    ) -> Assignment | None:
+        ref = self._assignments(process_id, cycle.seq).document(worker_id)
+        if max_workers is None:
+            assignment = Assignment(
+                worker_id=worker_id, seq=cycle.seq, epoch=cycle.epoch, assigned_at=now
+            )
+            try:
+                ref.create(_assignment_doc(assignment))
+                return assignment
+            except _EXISTS:
+                return self.get_assignment(process_id, cycle.seq, worker_id)
+        slots = self._slots(process_id, cycle.seq)
+        while True:
+            taken = {int(s.id) for s in slots.select(["worker_id"]).stream()}
+            free = [i for i in range(max_workers) if i not in taken]
+            if not free:
+                return None
+            slot = random.choice(free)  # spreads concurrent claimants over the free slots
+            assignment = Assignment(
+                worker_id=worker_id, seq=cycle.seq, epoch=cycle.epoch, assigned_at=now, slot=slot
+            )
+            batch = self._db.batch()
+            batch.create(slots.document(str(slot)), {"worker_id": worker_id, "epoch": cycle.epoch})
+            batch.create(ref, _assignment_doc(assignment))
+            try:
+                batch.commit()
+                return assignment
+            except _EXISTS:
+                existing = self.get_assignment(process_id, cycle.seq, worker_id)
+                if existing is not None:
+                    return existing
+
+    def record_report(
+        self,
+        process_id: str,
+        seq: int,
+        worker_id: str,
+        epoch: int,
+        num_samples: int,
+        diff_object: str,
+        now: datetime,
+    ) -> None:
+        cycle_ref = self._cycle_ref(process_id, seq)
+        ref = self._assignments(process_id, seq).document(worker_id)
+
+        @firestore.transactional
+        def mark(transaction: firestore.Transaction) -> None:
+            cycle = cycle_ref.get(transaction=transaction)
+            snap = ref.get(transaction=transaction)
+            if not cycle.exists or cycle.get("status") != CycleStatus.OPEN.value:
+                raise Conflict("The cycle closed before this report arrived", "cycle_closed")
+            if not snap.exists or snap.get("epoch") != epoch:
+                raise Conflict(
+                    "This assignment was dropped when the cycle was reset", "assignment_dropped"
+                )
+            if snap.get("reported"):
+                raise Conflict("This worker already reported for this cycle", "already_reported")
+            transaction.update(
+                ref,
+                {
+                    "reported": True,
+                    "reported_at": now,
+                    "num_samples": num_samples,
+                    "diff_object": diff_object,
+                },
+            )
+            transaction.update(self._worker_ref(worker_id), {"last_cycle": seq})
+
+        mark(self._db.transaction())
+
+    def _reported_query(self, process_id: str, seq: int) -> firestore.Query:
+        return self._assignments(process_id, seq).where(filter=FieldFilter("reported", "==", True))
+
+    def count_reported(self, process_id: str, seq: int) -> int:
+        return _count(self._reported_query(process_id, seq))
+
+    def count_assigned(self, process_id: str, seq: int) -> int:
+        return _count(self._assignments(process_id, seq))
+
+    def reported_assignments(self, process_id: str, seq: int) -> Iterator[Assignment]:
+        for snap in self._reported_query(process_id, seq).stream():
+            yield _assignment(snap.to_dict())
+
+    def begin_closing(self, process_id: str, seq: int) -> bool:
+        ref = self._cycle_ref(process_id, seq)
+
+        @firestore.transactional
+        def begin(transaction: firestore.Transaction) -> bool:
+            snap = ref.get(transaction=transaction)
+            if not snap.exists or snap.get("status") != CycleStatus.OPEN.value:
+                return False
+            transaction.update(
+                ref, {"status": CycleStatus.CLOSING.value, "closing_at": firestore.SERVER_TIMESTAMP}
+            )
+            return True
+
+        return bool(begin(self._db.transaction()))
+
+    def acquire_closing_lease(
+        self, process_id: str, seq: int, now: datetime, until: datetime
+    ) -> Cycle | None:
+        ref = self._cycle_ref(process_id, seq)
+
+        @firestore.transactional
+        def acquire(transaction: firestore.Transaction) -> Cycle | None:
+            snap = ref.get(transaction=transaction)
+            data = snap.to_dict() if snap.exists else None
+            if data is None or data["status"] != CycleStatus.CLOSING.value:
+                return None
+            lease = data.get("closing_lease_until")
+            if lease is not None and lease > now:
+                return None
+            transaction.update(
+                ref, {"closing_lease_until": until, "aggregation_runs": firestore.Increment(1)}
+            )
+            return _cycle(process_id, data | {"closing_lease_until": until})
+
+        result: Cycle | None = acquire(self._db.transaction())
+        return result
+
+    def complete_cycle(
+        self, process_id: str, seq: int, summary: CycleSummary, next_cycle: Cycle | None
+    ) -> bool:
+        ref = self._cycle_ref(process_id, seq)
+        process_ref = self._process_ref(process_id)
+
+        @firestore.transactional
+        def complete(transaction: firestore.Transaction) -> bool:
+            snap = ref.get(transaction=transaction)
+            if not snap.exists or snap.get("status") != CycleStatus.CLOSING.value:
+                return False
+            transaction.update(
+                ref,
+                {
+                    "status": CycleStatus.COMPLETED.value,
+                    "closing_lease_until": None,
+                    "num_diffs": summary.num_diffs,
+                    "total_samples": summary.total_samples,
+                    "checkpoint_out": summary.checkpoint_out,
+                    "closed_at": summary.closed_at,
+                },
+            )
+            process_update: dict[str, Any] = {"latest_checkpoint": summary.checkpoint_out}
+            if next_cycle is None:
+                process_update["status"] = ProcessStatus.COMPLETED.value
+            else:
+                transaction.create(
+                    self._cycle_ref(process_id, next_cycle.seq), _cycle_doc(next_cycle)
+                )
+                process_update["current_cycle"] = next_cycle.seq
+            transaction.update(process_ref, process_update)
+            return True
+
+        return bool(complete(self._db.transaction()))
+
+    def reset_cycle(
+        self, process_id: str, cycle: Cycle, deadline: datetime | None, drop_unreported: bool
+    ) -> bool:
+        ref = self._cycle_ref(process_id, cycle.seq)
+        new_epoch = cycle.epoch + 1 if drop_unreported else cycle.epoch
+
+        @firestore.transactional
+        def reset(transaction: firestore.Transaction) -> bool:
+            snap = ref.get(transaction=transaction)
+            if (
+                not snap.exists
+                or snap.get("status") != CycleStatus.OPEN.value
+                or snap.get("epoch") != cycle.epoch
+                or snap.get("deadline") != cycle.deadline
+            ):
+                return False
+            transaction.update(
+                ref, {"deadline": deadline, "epoch": new_epoch, "resets": firestore.Increment(1)}
+            )
+            return True
+
+        if not reset(self._db.transaction()):
+            return False
+        if drop_unreported:
+            self._drop_unreported(process_id, cycle.seq, new_epoch)
+        return True
+
+    def _drop_unreported(self, process_id: str, seq: int, epoch: int) -> None:
+        """Free the places of workers who did not report (a report racing us wins)."""
+        query = self._assignments(process_id, seq).where(
+            filter=FieldFilter("reported", "==", False)
+        )
+        for snap in query.stream():
+            if snap.get("epoch") >= epoch:
+                continue
+            try:
+                snap.reference.delete(
+                    option=self._db.write_option(last_update_time=snap.update_time)
+                )
+            except _EXISTS:
+                continue  # reported meanwhile: keep it
+            slot = snap.get("slot")
+            if slot is not None:
+                self._slots(process_id, seq).document(str(slot)).delete()
+
+    # -- metrics ----------------------------------------------------------
+    def add_metrics(self, process_id: str, rows: list[Mapping[str, Any]]) -> int:
+        metrics = self._process_ref(process_id).collection("metrics")
+        batch = self._db.batch()
+        for row in rows:
+            doc_id = f"{row['worker_id']}-{row['cycle_id']}-{row.get('set', 'test')}"
+            batch.set(metrics.document(doc_id), dict(row))
+        batch.commit()
+        return len(rows)
+
+    def list_metrics(self, process_id: str) -> list[dict[str, Any]]:
+        metrics = self._process_ref(process_id).collection("metrics")
+        rows = [s.to_dict() for s in metrics.stream()]
+        return sorted((r for r in rows if r), key=lambda r: (r["cycle_id"], r["worker_id"]))
+
+
+def _count(query: firestore.Query) -> int:
+    result = query.count().get()
+    return int(result[0][0].value)  # the emulator answers 0.0 for an empty result
+
+
+def _process_doc(process: Process) -> dict[str, Any]:
+    return {
+        "name": process.name,
+        "version": process.version,
+        "client_config": dict(process.client_config),
+        "server_config": process.server_config.to_dict(),
+        "status": process.status.value,
+        "current_cycle": process.current_cycle,
+        "latest_checkpoint": process.latest_checkpoint,
+        "key_secret": process.key_secret,
+        "schema": schema_to_wire(process.schema),
+        "plans": dict(process.plans),
+        "created_at": process.created_at,
+    }
+
+
+def _process(process_id: str, data: dict[str, Any] | None) -> Process:
+    assert data is not None
+    return Process(
+        id=process_id,
+        name=data["name"],
+        version=data["version"],
+        client_config=data["client_config"],
+        server_config=ServerConfig.from_dict(data["server_config"]),
+        status=ProcessStatus(data["status"]),
+        current_cycle=data["current_cycle"],
+        latest_checkpoint=data["latest_checkpoint"],
+        key_secret=data["key_secret"],
+        schema=schema_from_wire(data["schema"]),
+        plans=data.get("plans") or {},
+        created_at=data["created_at"],
+    )
+
+
+def _worker(worker_id: str, data: dict[str, Any] | None) -> Worker:
+    assert data is not None
+    return Worker(
+        id=worker_id,
+        process_id=data["process_id"],
+        subject=data["subject"],
+        created_at=data["created_at"],
+        last_cycle=data.get("last_cycle"),
+    )
+
+
+def _cycle_doc(cycle: Cycle) -> dict[str, Any]:
+    return {
+        "seq": cycle.seq,
+        "status": cycle.status.value,
+        "epoch": cycle.epoch,
+        "opened_at": cycle.opened_at,
+        "deadline": cycle.deadline,
+        "start_key": cycle.start_key,
+        "closing_lease_until": cycle.closing_lease_until,
+        "aggregation_runs": 0,
+        "resets": 0,
+    }
+
+
+def _cycle(process_id: str, data: dict[str, Any] | None) -> Cycle:
+    assert data is not None
+    return Cycle(
+        process_id=process_id,
+        seq=data["seq"],
+        status=CycleStatus(data["status"]),
+        epoch=data["epoch"],
+        opened_at=data["opened_at"],
+        deadline=data.get("deadline"),
+        start_key=data["start_key"],
+        closing_lease_until=data.get("closing_lease_until"),
+    )
+
+
+def _assignment_doc(assignment: Assignment) -> dict[str, Any]:
+    return {
+        "worker_id": assignment.worker_id,
+        "seq": assignment.seq,
+        "epoch": assignment.epoch,
+        "assigned_at": assignment.assigned_at,
+        "slot": assignment.slot,
+        "reported": assignment.reported,
+        "reported_at": assignment.reported_at,
+        "num_samples": assignment.num_samples,
+        "diff_object": assignment.diff_object,
+    }
+
+
+def _assignment(data: dict[str, Any] | None) -> Assignment:
+    assert data is not None
+    return Assignment(
+        worker_id=data["worker_id"],
+        seq=data["seq"],
+        epoch=data["epoch"],
+        assigned_at=data["assigned_at"],
+        slot=data.get("slot"),
+        reported_at=data.get("reported_at"),
+        num_samples=data.get("num_samples"),
+        diff_object=data.get("diff_object"),
+    )

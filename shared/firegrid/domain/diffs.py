@@ -1,0 +1,83 @@
+"""Checking a reported diff against the checkpoint it was trained from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from firegrid.domain.errors import BadRequest
+
+Tensor = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_wire(self) -> dict[str, object]:
+        return {"dtype": self.dtype, "shape": list(self.shape)}
+
+
+Schema = dict[str, TensorSpec]
+
+
+def schema_of(state: Mapping[str, Tensor]) -> Schema:
+    return {
+        name: TensorSpec(str(t.dtype), tuple(int(d) for d in t.shape)) for name, t in state.items()
+    }
+
+
+def schema_from_wire(raw: Mapping[str, Mapping[str, Any]]) -> Schema:
+    return {
+        name: TensorSpec(str(s["dtype"]), tuple(int(d) for d in s["shape"]))
+        for name, s in raw.items()
+    }
+
+
+def schema_to_wire(schema: Schema) -> dict[str, dict[str, object]]:
+    return {name: spec.to_wire() for name, spec in schema.items()}
+
+
+class InvalidDiff(BadRequest):
+    default_code = "invalid_diff"
+
+
+def validate_diff(
+    diff: Mapping[str, Tensor],
+    schema: Schema,
+    *,
+    max_norm: float | None = None,
+    clip: bool = False,
+) -> dict[str, Tensor]:
+    """The diff, checked (and clipped if asked); ``InvalidDiff`` says what is wrong."""
+    missing = sorted(set(schema) - set(diff))
+    extra = sorted(set(diff) - set(schema))
+    if missing or extra:
+        raise InvalidDiff(
+            f"diff keys do not match the model: missing {missing}, unexpected {extra}"
+        )
+    squared = 0.0
+    for name, spec in schema.items():
+        tensor = diff[name]
+        if str(tensor.dtype) != spec.dtype:
+            raise InvalidDiff(f"diff '{name}' has dtype {tensor.dtype}, expected {spec.dtype}")
+        if tuple(tensor.shape) != spec.shape:
+            raise InvalidDiff(
+                f"diff '{name}' has shape {list(tensor.shape)}, expected {list(spec.shape)}"
+            )
+        values = tensor.astype(np.float64, copy=False)
+        if not np.isfinite(values).all():
+            raise InvalidDiff(f"diff '{name}' contains NaN or Inf")
+        squared += float(np.square(values).sum())
+    norm = squared**0.5
+    if max_norm is None or norm <= max_norm:
+        return dict(diff)
+    if not clip:
+        raise InvalidDiff(f"diff L2 norm {norm:.4g} exceeds max_diff_norm {max_norm:g}")
+    scale = max_norm / norm
+    return {name: (t * scale).astype(t.dtype) for name, t in diff.items()}

@@ -1,0 +1,1 @@
+"""Use cases: each takes a Context (the ports) and plain request data."""

@@ -1,0 +1,147 @@
+"""Closing cycles (aggregation), deadlines and the scheduled tick."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from firegrid.domain import blobs
+from firegrid.domain.aggregation import Contribution, aggregate
+from firegrid.domain.cycle import (
+    CycleStatus,
+    deadline_for,
+    has_enough,
+    is_expired,
+    is_last_cycle,
+    is_ready,
+)
+from firegrid.domain.model import CycleSummary, Process
+from firegrid.services.context import Context
+from firegrid.services.hosting import new_cycle
+from firegrid.tensors import decode_state, encode_state
+
+log = logging.getLogger(__name__)
+
+# Longer than any aggregation we run in one invocation (event functions stop at 9 min).
+CLOSING_LEASE = timedelta(minutes=10)
+
+
+def on_report(ctx: Context, process_id: str, seq: int) -> bool:
+    """After a report: close the cycle if it is full. True if this call closed it."""
+    process = ctx.repo.get_process(process_id)
+    cycle = ctx.repo.get_cycle(process_id, seq)
+    if process is None or cycle is None or cycle.status is not CycleStatus.OPEN:
+        return False
+    reported = ctx.repo.count_reported(process_id, seq)
+    if not is_ready(cycle, reported, process.server_config, ctx.clock.now()):
+        return False
+    if not ctx.repo.begin_closing(process_id, seq):
+        return False
+    return close_cycle(ctx, process_id, seq)
+
+
+def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
+    """Aggregate a ``closing`` cycle and open the next one; safe to call any number of times."""
+    now = ctx.clock.now()
+    cycle = ctx.repo.acquire_closing_lease(process_id, seq, now, now + CLOSING_LEASE)
+    process = ctx.repo.get_process(process_id)
+    if cycle is None or process is None:
+        return False
+    config = process.server_config
+    checkpoint = decode_state(ctx.blobs.get(blobs.checkpoint_object(process_id, seq)), "checkpoint")
+    totals = _Totals()
+    updated, num_diffs = aggregate(
+        checkpoint,
+        _contributions(ctx, process_id, seq, totals),
+        method=config.aggregation,
+        server_lr=config.server_lr,
+        trim_fraction=config.trim_fraction,
+    )
+    ctx.blobs.put(blobs.checkpoint_object(process_id, seq + 1), encode_state(updated))
+    summary = CycleSummary(
+        num_diffs=num_diffs,
+        total_samples=totals.samples,
+        checkpoint_out=seq + 1,
+        closed_at=ctx.clock.now(),
+    )
+    next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx)
+    done = ctx.repo.complete_cycle(process_id, seq, summary, next_cycle)
+    if done:
+        log.info(
+            "cycle %s/%d closed: %d diffs, %d samples", process_id, seq, num_diffs, totals.samples
+        )
+    return done
+
+
+@dataclass
+class _Totals:
+    samples: int = 0
+
+
+def _contributions(
+    ctx: Context, process_id: str, seq: int, totals: _Totals
+) -> Iterator[Contribution]:
+    """Each reported diff, read from storage one at a time."""
+    for assignment in ctx.repo.reported_assignments(process_id, seq):
+        assert assignment.diff_object is not None and assignment.num_samples is not None
+        diff = decode_state(ctx.blobs.get(assignment.diff_object), "stored diff")
+        totals.samples += assignment.num_samples
+        yield Contribution(diff=diff, num_samples=assignment.num_samples)
+
+
+@dataclass
+class TickReport:
+    closed: list[str] = field(default_factory=list)
+    reset: list[str] = field(default_factory=list)
+    extended: list[str] = field(default_factory=list)
+    redriven: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def to_wire(self) -> dict[str, list[str]]:
+        return {
+            "closed": self.closed,
+            "reset": self.reset,
+            "extended": self.extended,
+            "redriven": self.redriven,
+            "failed": self.failed,
+        }
+
+
+def tick(ctx: Context) -> TickReport:
+    """Enforce deadlines and re-drive stuck closings, for every training process."""
+    report = TickReport()
+    for process in ctx.repo.training_processes():
+        label = f"{process.name}:{process.version}#{process.current_cycle}"
+        try:
+            _tick_process(ctx, process, label, report)
+        except Exception:  # one broken process must not stop the others' deadlines
+            log.exception("tick failed for %s", label)
+            report.failed.append(label)
+    return report
+
+
+def _tick_process(ctx: Context, process: Process, label: str, report: TickReport) -> None:
+    cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
+    if cycle is None:
+        return
+    now = ctx.clock.now()
+    if cycle.status is CycleStatus.CLOSING:
+        if (cycle.closing_lease_until is None or cycle.closing_lease_until <= now) and close_cycle(
+            ctx, process.id, cycle.seq
+        ):
+            report.redriven.append(label)
+        return
+    if cycle.status is not CycleStatus.OPEN or not is_expired(cycle, now):
+        return
+    config = process.server_config
+    if has_enough(ctx.repo.count_reported(process.id, cycle.seq), config):
+        if ctx.repo.begin_closing(process.id, cycle.seq) and close_cycle(
+            ctx, process.id, cycle.seq
+        ):
+            report.closed.append(label)
+        return
+    drop = config.on_expiry == "reset"
+    if ctx.repo.reset_cycle(process.id, cycle, deadline_for(now, config), drop_unreported=drop):
+        (report.reset if drop else report.extended).append(label)

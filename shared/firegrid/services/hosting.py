@@ -1,0 +1,107 @@
+"""Hosting a model for training (PyGrid's ``host-training``)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from firegrid.domain import blobs
+from firegrid.domain.config import ClientConfig, ServerConfig
+from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus, deadline_for
+from firegrid.domain.diffs import schema_of
+from firegrid.domain.errors import BadRequest, Conflict
+from firegrid.domain.keys import stable_id
+from firegrid.domain.model import Process
+from firegrid.services._fields import base64_bytes
+from firegrid.services.context import Context
+from firegrid.tensors import decode_state
+
+TRAINING_PLAN = "training_plan"
+
+
+def process_id_for(name: str, version: str) -> str:
+    return stable_id("process", name, version, length=20)
+
+
+def new_cycle(process: Process, seq: int, ctx: Context) -> Cycle:
+    opened_at = ctx.clock.now()
+    return Cycle(
+        process_id=process.id,
+        seq=seq,
+        status=CycleStatus.OPEN,
+        epoch=0,
+        opened_at=opened_at,
+        deadline=deadline_for(opened_at, process.server_config),
+        start_key=secrets.token_urlsafe(16),
+    )
+
+
+def host_training(ctx: Context, body: Mapping[str, Any]) -> str:
+    """Validate everything, then store checkpoint 1, the plans and cycle 1."""
+    client_config = ClientConfig.parse(body.get("client_config"))
+    server_config = ServerConfig.parse(body.get("server_config"))
+    model_bytes = base64_bytes(body.get("model"), "model")
+    model = decode_state(model_bytes, "model")
+    if not model:
+        raise BadRequest("model has no tensors", "invalid_model")
+    for name, tensor in model.items():
+        if np.issubdtype(tensor.dtype, np.floating) and not np.isfinite(tensor).all():
+            raise BadRequest(f"model tensor '{name}' contains NaN or Inf", "invalid_model")
+    plans = _decode_plans(body.get("plans"), model)
+
+    process_id = process_id_for(client_config.name, client_config.version)
+    if ctx.repo.get_process(process_id) is not None:
+        raise _duplicate(client_config)
+    process = Process(
+        id=process_id,
+        name=client_config.name,
+        version=client_config.version,
+        client_config=client_config.raw,
+        server_config=server_config,
+        status=ProcessStatus.HOSTING,
+        current_cycle=1,
+        latest_checkpoint=1,
+        key_secret=secrets.token_urlsafe(32),
+        schema=schema_of(model),
+        plans={name: name for name in plans},
+        created_at=ctx.clock.now(),
+    )
+    try:
+        ctx.repo.create_hosting(process)
+    except Conflict:  # a concurrent host of the same name+version won
+        raise _duplicate(client_config) from None
+    try:
+        ctx.blobs.put(blobs.checkpoint_object(process_id, 1), model_bytes)
+        for name, data in plans.items():
+            ctx.blobs.put(blobs.plan_object(process_id, name), data)
+        ctx.repo.start_training(process, new_cycle(process, 1, ctx))
+    except Exception:
+        ctx.blobs.delete_prefix(blobs.process_prefix(process_id))
+        ctx.repo.delete_process(process_id)
+        raise
+    return process_id
+
+
+def _duplicate(config: ClientConfig) -> Conflict:
+    return Conflict(
+        f"A process for model '{config.name}' version '{config.version}' already exists",
+        "duplicate_process",
+    )
+
+
+def _decode_plans(raw: object, model: Mapping[str, Any]) -> dict[str, bytes]:
+    if not isinstance(raw, Mapping) or TRAINING_PLAN not in raw:
+        raise BadRequest("'plans' must be an object with a 'training_plan'", "invalid_plan")
+    from firegrid.plans import validate_plan  # imports torch: hosting only
+
+    plans = {}
+    for name, encoded in raw.items():
+        if not isinstance(name, str) or not name.replace("_", "").isalnum():
+            raise BadRequest(f"plan name {name!r} must be letters, digits and _", "invalid_plan")
+        data = base64_bytes(encoded, f"plans.{name}")
+        validate_plan(data, model, name)
+        plans[name] = data
+    return plans

@@ -1,0 +1,43 @@
+"""Deployment settings read from the environment, once.
+
+Names of the environment variables the functions read. The local stack sets
+them for its functions process; in production they come from the deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
+BUCKET_ENV = "FIREGRID_BUCKET"
+ADMIN_TOKEN_ENV = "FIREGRID_ADMIN_TOKEN"
+FIRESTORE_EMULATOR_ENV = "FIRESTORE_EMULATOR_HOST"
+STORAGE_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+INLINE_LIMIT_ENV = "FIREGRID_INLINE_LIMIT_BYTES"
+SPEED_TEST_ENV = "FIREGRID_SPEED_TEST_BYTES"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    project_id: str
+    """Google Cloud project id (``demo-*`` locally)."""
+    bucket: str
+    """Cloud Storage bucket for checkpoints, plans and diffs."""
+    admin_token: str | None
+    """Bearer token the ``admin`` function requires; None in production (IAM guards it)."""
+    max_body_bytes: int = 32 * 1024 * 1024
+    """Largest request body accepted (Cloud Functions' own limit is 32 MiB)."""
+    speed_test_bytes: int = 1024 * 1024
+    """Size of the download sample served by ``speed-test``."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        project_id = os.environ.get(PROJECT_ENV, "demo-firegrid")
+        return cls(
+            project_id=project_id,
+            bucket=os.environ.get(BUCKET_ENV, f"{project_id}-firegrid"),
+            admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
+            max_body_bytes=int(os.environ.get(INLINE_LIMIT_ENV, 32 * 1024 * 1024)),
+            speed_test_bytes=int(os.environ.get(SPEED_TEST_ENV, 1024 * 1024)),
+        )

@@ -1,0 +1,110 @@
+"""HTTP glue shared by the HTTP functions: routing tables, JSON, errors.
+
+Errors are translated once, here: a FireGridError becomes its status and
+``{"error", "code"}``; anything else is logged and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flask
+
+from firegrid.domain.errors import (
+    BadRequest,
+    FireGridError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from firegrid.services.context import Context
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, Any] | list[Any] | bytes | flask.Response | tuple[dict[str, Any], int]
+Handler = Callable[[Context, flask.Request], Reply]
+Routes = Mapping[tuple[str, str], Handler]
+
+
+def json_body(request: flask.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(request.get_data(cache=True) or b"")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The request body is not valid JSON", "bad_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object", "bad_json")
+    return body
+
+
+def query_args(request: flask.Request) -> dict[str, str]:
+    return {key: value for key, value in request.args.items()}
+
+
+def binary(data: bytes) -> flask.Response:
+    response = flask.Response(data, mimetype="application/octet-stream")
+    response.headers["ETag"] = hashlib.sha256(data).hexdigest()
+    return response
+
+
+def _to_response(reply: Reply) -> flask.Response:
+    if isinstance(reply, flask.Response):
+        return reply
+    if isinstance(reply, bytes):
+        return binary(reply)
+    status = 200
+    if isinstance(reply, tuple):
+        reply, status = reply
+    response = flask.jsonify(reply)
+    response.status_code = status
+    return response
+
+
+def error_response(error: FireGridError) -> flask.Response:
+    response = flask.jsonify(error.to_wire())
+    response.status_code = error.status
+    return response
+
+
+def require_bearer(request: flask.Request, expected: str | None) -> None:
+    """Locally the admin API is guarded by a bearer token; in production by IAM."""
+    if expected is None:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("A valid admin bearer token is required", "admin_auth_required")
+
+
+def dispatch(
+    request: flask.Request,
+    routes: Routes,
+    context: Callable[[], Context],
+    guard: Callable[[Context, flask.Request], None] | None = None,
+) -> flask.Response:
+    path = "/" + request.path.strip("/")
+    try:
+        handler = routes.get((request.method, path))
+        if handler is None:
+            if any(route_path == path for _, route_path in routes):
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed on {path}", "method_not_allowed"
+                )
+            raise NotFound(f"No such endpoint: {path}", "not_found")
+        ctx = context()
+        if guard is not None:
+            guard(ctx, request)
+        length = request.content_length
+        if length is not None and length > ctx.settings.max_body_bytes:
+            raise PayloadTooLarge("The request body is too large", "too_large")
+        return _to_response(handler(ctx, request))
+    except FireGridError as error:
+        return error_response(error)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, path)
+        return error_response(FireGridError("Internal error", "internal"))

@@ -1,0 +1,27 @@
+"""Builds the production Context once, lazily (nothing is built at import time)."""
+
+from __future__ import annotations
+
+import functools
+
+from firegrid.services.context import Context
+from firegrid.settings import Settings
+
+
+@functools.cache
+def context() -> Context:
+    from google.cloud import firestore, storage
+
+    from firegrid.adapters.auth import JwtVerifier
+    from firegrid.adapters.clock import SystemClock
+    from firegrid.adapters.firestore_repo import FirestoreRepository
+    from firegrid.adapters.storage import GcsBlobStore
+
+    settings = Settings.from_env()
+    return Context(
+        repo=FirestoreRepository(firestore.Client(project=settings.project_id)),
+        blobs=GcsBlobStore(storage.Client(project=settings.project_id), settings.bucket),
+        verifier=JwtVerifier(),
+        clock=SystemClock(),
+        settings=settings,
+    )
