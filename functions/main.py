@@ -9,6 +9,7 @@ import os
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
+
 from firegrid import web
 from firegrid.adapters.events import decode_change
 from firegrid.domain.errors import BadRequest

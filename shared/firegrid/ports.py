@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -115,7 +115,7 @@ class CycleRepository(Protocol):
 
 
 class MetricsRepository(Protocol):
-    def add_metrics(self, process_id: str, rows: list[Mapping[str, Any]]) -> int: ...
+    def add_metrics(self, process_id: str, rows: Sequence[Mapping[str, Any]]) -> int: ...
 
     def list_metrics(self, process_id: str) -> list[dict[str, Any]]: ...
 

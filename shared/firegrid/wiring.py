@@ -10,7 +10,8 @@ from firegrid.settings import Settings
 
 @functools.cache
 def context() -> Context:
-    from google.cloud import firestore, storage
+    import google.cloud.storage as storage
+    from google.cloud import firestore
 
     from firegrid.adapters.auth import JwtVerifier
     from firegrid.adapters.clock import SystemClock

@@ -12,7 +12,7 @@ cycle run in transactions that check its status first, so they happen once.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -206,100 +206,100 @@ class FirestoreRepository:
         for snap in self._reported_query(process_id, seq).stream():
             yield _assignment(snap.to_dict())
 
-    def begin_closing(self, process_id: str, seq: int) -> bool:
-        ref = self._cycle_ref(process_id, seq)
+    def _update_if(
+        self,
+        ref: firestore.DocumentReference,
+        decide: Callable[[dict[str, Any]], dict[str, Any] | None],
+        extra: Callable[[firestore.WriteBatch], None] | None = None,
+    ) -> dict[str, Any] | None:
+        """Optimistic check-and-set: apply ``decide(current)`` unless the document changed.
 
-        @firestore.transactional
-        def begin(transaction: firestore.Transaction) -> bool:
-            snap = ref.get(transaction=transaction)
-            if not snap.exists or snap.get("status") != CycleStatus.OPEN.value:
-                return False
-            transaction.update(
-                ref, {"status": CycleStatus.CLOSING.value, "closing_at": firestore.SERVER_TIMESTAMP}
+        Transactions would make every contender wait on the emulator's ~2 s lock
+        timeout; a write conditioned on the update time fails fast instead.
+        Returns the document as updated, or None if ``decide`` declined.
+        """
+        while True:
+            snap = ref.get()
+            current = snap.to_dict() if snap.exists else None
+            updates = decide(current) if current is not None else None
+            if current is None or updates is None:
+                return None
+            batch = self._db.batch()
+            batch.update(
+                ref, updates, option=self._db.write_option(last_update_time=snap.update_time)
             )
-            return True
+            if extra is not None:
+                extra(batch)
+            try:
+                batch.commit()
+            except _EXISTS:
+                continue  # someone else wrote first: decide again on what they wrote
+            return current | updates
 
-        return bool(begin(self._db.transaction()))
+    def begin_closing(self, process_id: str, seq: int) -> bool:
+        def decide(cycle: dict[str, Any]) -> dict[str, Any] | None:
+            if cycle["status"] != CycleStatus.OPEN.value:
+                return None
+            return {"status": CycleStatus.CLOSING.value, "closing_at": firestore.SERVER_TIMESTAMP}
+
+        return self._update_if(self._cycle_ref(process_id, seq), decide) is not None
 
     def acquire_closing_lease(
         self, process_id: str, seq: int, now: datetime, until: datetime
     ) -> Cycle | None:
-        ref = self._cycle_ref(process_id, seq)
-
-        @firestore.transactional
-        def acquire(transaction: firestore.Transaction) -> Cycle | None:
-            snap = ref.get(transaction=transaction)
-            data = snap.to_dict() if snap.exists else None
-            if data is None or data["status"] != CycleStatus.CLOSING.value:
+        def decide(cycle: dict[str, Any]) -> dict[str, Any] | None:
+            lease = cycle.get("closing_lease_until")
+            if cycle["status"] != CycleStatus.CLOSING.value or (lease is not None and lease > now):
                 return None
-            lease = data.get("closing_lease_until")
-            if lease is not None and lease > now:
-                return None
-            transaction.update(
-                ref, {"closing_lease_until": until, "aggregation_runs": firestore.Increment(1)}
-            )
-            return _cycle(process_id, data | {"closing_lease_until": until})
+            return {"closing_lease_until": until, "aggregation_runs": firestore.Increment(1)}
 
-        result: Cycle | None = acquire(self._db.transaction())
-        return result
+        updated = self._update_if(self._cycle_ref(process_id, seq), decide)
+        return _cycle(process_id, updated) if updated is not None else None
 
     def complete_cycle(
         self, process_id: str, seq: int, summary: CycleSummary, next_cycle: Cycle | None
     ) -> bool:
-        ref = self._cycle_ref(process_id, seq)
-        process_ref = self._process_ref(process_id)
+        process_update: dict[str, Any] = {"latest_checkpoint": summary.checkpoint_out}
+        if next_cycle is None:
+            process_update["status"] = ProcessStatus.COMPLETED.value
+        else:
+            process_update["current_cycle"] = next_cycle.seq
 
-        @firestore.transactional
-        def complete(transaction: firestore.Transaction) -> bool:
-            snap = ref.get(transaction=transaction)
-            if not snap.exists or snap.get("status") != CycleStatus.CLOSING.value:
-                return False
-            transaction.update(
-                ref,
-                {
-                    "status": CycleStatus.COMPLETED.value,
-                    "closing_lease_until": None,
-                    "num_diffs": summary.num_diffs,
-                    "total_samples": summary.total_samples,
-                    "checkpoint_out": summary.checkpoint_out,
-                    "closed_at": summary.closed_at,
-                },
-            )
-            process_update: dict[str, Any] = {"latest_checkpoint": summary.checkpoint_out}
-            if next_cycle is None:
-                process_update["status"] = ProcessStatus.COMPLETED.value
-            else:
-                transaction.create(
-                    self._cycle_ref(process_id, next_cycle.seq), _cycle_doc(next_cycle)
-                )
-                process_update["current_cycle"] = next_cycle.seq
-            transaction.update(process_ref, process_update)
-            return True
+        def decide(cycle: dict[str, Any]) -> dict[str, Any] | None:
+            if cycle["status"] != CycleStatus.CLOSING.value:
+                return None
+            return {
+                "status": CycleStatus.COMPLETED.value,
+                "closing_lease_until": None,
+                "num_diffs": summary.num_diffs,
+                "total_samples": summary.total_samples,
+                "checkpoint_out": summary.checkpoint_out,
+                "closed_at": summary.closed_at,
+            }
 
-        return bool(complete(self._db.transaction()))
+        def open_next(batch: firestore.WriteBatch) -> None:
+            if next_cycle is not None:
+                batch.create(self._cycle_ref(process_id, next_cycle.seq), _cycle_doc(next_cycle))
+            batch.update(self._process_ref(process_id), process_update)
+
+        return self._update_if(self._cycle_ref(process_id, seq), decide, open_next) is not None
 
     def reset_cycle(
         self, process_id: str, cycle: Cycle, deadline: datetime | None, drop_unreported: bool
     ) -> bool:
-        ref = self._cycle_ref(process_id, cycle.seq)
         new_epoch = cycle.epoch + 1 if drop_unreported else cycle.epoch
 
-        @firestore.transactional
-        def reset(transaction: firestore.Transaction) -> bool:
-            snap = ref.get(transaction=transaction)
-            if (
-                not snap.exists
-                or snap.get("status") != CycleStatus.OPEN.value
-                or snap.get("epoch") != cycle.epoch
-                or snap.get("deadline") != cycle.deadline
-            ):
-                return False
-            transaction.update(
-                ref, {"deadline": deadline, "epoch": new_epoch, "resets": firestore.Increment(1)}
+        def decide(current: dict[str, Any]) -> dict[str, Any] | None:
+            unchanged = (
+                current["status"] == CycleStatus.OPEN.value
+                and current["epoch"] == cycle.epoch
+                and current.get("deadline") == cycle.deadline
             )
-            return True
+            if not unchanged:
+                return None
+            return {"deadline": deadline, "epoch": new_epoch, "resets": firestore.Increment(1)}
 
-        if not reset(self._db.transaction()):
+        if self._update_if(self._cycle_ref(process_id, cycle.seq), decide) is None:
             return False
         if drop_unreported:
             self._drop_unreported(process_id, cycle.seq, new_epoch)
@@ -324,7 +324,7 @@ class FirestoreRepository:
                 self._slots(process_id, seq).document(str(slot)).delete()
 
     # -- metrics ----------------------------------------------------------
-    def add_metrics(self, process_id: str, rows: list[Mapping[str, Any]]) -> int:
+    def add_metrics(self, process_id: str, rows: Sequence[Mapping[str, Any]]) -> int:
         metrics = self._process_ref(process_id).collection("metrics")
         batch = self._db.batch()
         for row in rows:
@@ -339,7 +339,7 @@ class FirestoreRepository:
         return sorted((r for r in rows if r), key=lambda r: (r["cycle_id"], r["worker_id"]))
 
 
-def _count(query: firestore.Query) -> int:
+def _count(query: Any) -> int:
     result = query.count().get()
     return int(result[0][0].value)  # the emulator answers 0.0 for an empty result
 

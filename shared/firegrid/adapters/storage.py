@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from google.api_core import exceptions as gexc
-from google.cloud import storage
+import google.cloud.storage as storage
 
 from firegrid.domain.errors import NotFound
 
@@ -26,7 +26,7 @@ class GcsBlobStore:
 
     def get(self, name: str) -> bytes:
         try:
-            return self._bucket.blob(name).download_as_bytes()
+            return bytes(self._bucket.blob(name).download_as_bytes())
         except gexc.NotFound:
             raise NotFound(f"Object {name} not found", "missing_object") from None
 

@@ -137,10 +137,10 @@ def _tick_process(ctx: Context, process: Process, label: str, report: TickReport
         return
     config = process.server_config
     if has_enough(ctx.repo.count_reported(process.id, cycle.seq), config):
-        if ctx.repo.begin_closing(process.id, cycle.seq) and close_cycle(
-            ctx, process.id, cycle.seq
-        ):
+        if ctx.repo.begin_closing(process.id, cycle.seq):
             report.closed.append(label)
+            # The cycle trigger races us for the lease; whichever wins aggregates.
+            close_cycle(ctx, process.id, cycle.seq)
         return
     drop = config.on_expiry == "reset"
     if ctx.repo.reset_cycle(process.id, cycle, deadline_for(now, config), drop_unreported=drop):
