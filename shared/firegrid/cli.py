@@ -17,6 +17,8 @@ from firegrid import __version__
 COMMANDS: dict[str, str] = {
     "stack": "firegrid.local.stack_command",
     "tick": "firegrid.local.tick_command",
+    "demo": "firegrid.demo",
+    "deploy": "firegrid.deploy",
 }
 """Verb -> module that registers it."""
 

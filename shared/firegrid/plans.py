@@ -9,6 +9,7 @@ torch is imported here, lazily by callers: never on the device HTTP path.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,16 @@ from firegrid.domain.errors import BadRequest
 
 if TYPE_CHECKING:
     import torch
+
+# torch.export's deserializer keeps global state: one load at a time per process.
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_program(data: bytes) -> torch.export.ExportedProgram:
+    import torch
+
+    with _LOAD_LOCK:
+        return torch.export.load(io.BytesIO(data))
 
 
 def build_plan(module: torch.nn.Module, sample_input: torch.Tensor) -> bytes:
@@ -41,9 +52,7 @@ def state_of(module: torch.nn.Module) -> dict[str, npt.NDArray[Any]]:
 
 def load_plan(data: bytes) -> torch.nn.Module:
     """The trainable module of a plan (for trusted plan bytes only)."""
-    import torch
-
-    return torch.export.load(io.BytesIO(data)).module()
+    return _load_program(data).module()
 
 
 def validate_plan(data: bytes, model: Mapping[str, npt.NDArray[Any]], name: str) -> None:
@@ -51,7 +60,7 @@ def validate_plan(data: bytes, model: Mapping[str, npt.NDArray[Any]], name: str)
     import torch
 
     try:
-        program = torch.export.load(io.BytesIO(data))
+        program = _load_program(data)
     except Exception as exc:  # torch raises many types for a bad archive
         raise BadRequest(
             f"plan '{name}' is not a torch.export program: {exc}", "invalid_plan"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from google.api_core import exceptions as gexc
 import google.cloud.storage as storage
+from google.api_core import exceptions as gexc
 
 from firegrid.domain.errors import NotFound
 

@@ -1,0 +1,107 @@
+"""A device's view of the FireGrid protocol: HTTP calls and typed errors.
+
+What a phone app does, in Python. It talks HTTP only and imports nothing of the
+server.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+
+class ServerError(Exception):
+    """A 4xx/5xx answer, with the server's message and machine code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, kw_only=True)
+class Assignment:
+    """An accepted cycle-request."""
+
+    worker_id: str
+    request_key: str
+    cycle_id: int
+    model_id: str
+    plans: dict[str, str]
+    client_config: dict[str, Any]
+
+
+class DeviceClient:
+    def __init__(self, base_url: str, *, timeout_s: float = 60.0) -> None:
+        self._url = base_url.rstrip("/") + "/model-centric"
+        self._http = requests.Session()
+        self._timeout = timeout_s
+
+    def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
+        response = self._http.request(method, f"{self._url}/{path}", timeout=self._timeout, **kw)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                code, message = str(body["code"]), str(body["error"])
+            except (ValueError, KeyError, TypeError):
+                code, message = "http_error", response.text[:200]
+            raise ServerError(response.status_code, code, message)
+        return response
+
+    def authenticate(self, model: str, version: str | None = None, token: str | None = None) -> str:
+        body: dict[str, Any] = {"model_name": model}
+        if version is not None:
+            body["model_version"] = version
+        if token is not None:
+            body["auth_token"] = token
+        return str(self._call("POST", "authenticate", json=body).json()["worker_id"])
+
+    def cycle_request(
+        self, worker_id: str, model: str, version: str | None = None, **extra: Any
+    ) -> Assignment | dict[str, Any]:
+        """An Assignment when accepted, else the rejection (``timeout`` absent = training over)."""
+        body = {"worker_id": worker_id, "model": model, "version": version} | extra
+        reply: dict[str, Any] = self._call("POST", "cycle-request", json=body).json()
+        if reply["status"] != "accepted":
+            return reply
+        return Assignment(
+            worker_id=worker_id,
+            request_key=reply["request_key"],
+            cycle_id=int(reply["cycle_id"]),
+            model_id=reply["model_id"],
+            plans=dict(reply["plans"]),
+            client_config=dict(reply["client_config"]),
+        )
+
+    def get_model(self, assignment: Assignment) -> bytes:
+        params = {
+            "worker_id": assignment.worker_id,
+            "request_key": assignment.request_key,
+            "model_id": assignment.model_id,
+        }
+        return self._call("GET", "get-model", params=params).content
+
+    def get_plan(self, assignment: Assignment, name: str = "training_plan") -> bytes:
+        params = {
+            "worker_id": assignment.worker_id,
+            "request_key": assignment.request_key,
+            "plan_id": assignment.plans[name],
+            "receive_operations_as": "torch",
+        }
+        return self._call("GET", "get-plan", params=params).content
+
+    def report(self, assignment: Assignment, diff: bytes, num_samples: int) -> None:
+        body = {
+            "worker_id": assignment.worker_id,
+            "request_key": assignment.request_key,
+            "diff": base64.b64encode(diff).decode(),
+            "num_samples": num_samples,
+        }
+        self._call("POST", "report", json=body)
+
+    def post_metrics(self, worker_id: str, stats: list[dict[str, Any]]) -> None:
+        self._call("POST", "metrics", json={"worker_id": worker_id, "stats": stats})

@@ -1,0 +1,162 @@
+"""``firegrid deploy``: stage the functions bundle and deploy it with gcloud.
+
+The commands come from ``firegrid.manifest``, the same table the local stack
+serves, so what runs locally is what gets deployed. ``--dry-run`` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firegrid.manifest import FUNCTIONS, FunctionSpec
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUNTIME = "python311"
+# Cloud Build would otherwise install a multi-GB CUDA torch.
+TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+PRIVATE_FUNCTIONS = frozenset({"admin", "tick"})
+"""Reachable only with the invoker role (IAM); devices reach ``model-centric``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    project: str
+    region: str
+    bucket: str
+    service_account: str
+    scheduler_account: str
+    tick_schedule: str = "* * * * *"
+
+    @classmethod
+    def from_env_file(cls, path: Path) -> Target:
+        values: dict[str, str] = {}
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.strip().startswith("#"):
+                values[key.strip()] = value.strip()
+        try:
+            return cls(
+                project=values["FIREGRID_PROJECT"],
+                region=values["FIREGRID_REGION"],
+                bucket=values["FIREGRID_BUCKET"],
+                service_account=values["FIREGRID_SERVICE_ACCOUNT"],
+                scheduler_account=values["FIREGRID_SCHEDULER_ACCOUNT"],
+                tick_schedule=values.get("FIREGRID_TICK_SCHEDULE", "* * * * *"),
+            )
+        except KeyError as missing:
+            raise SystemExit(f"{path}: {missing.args[0]} is not set") from None
+
+
+def requirements() -> str:
+    """The runtime dependencies of pyproject.toml, for the functions' build."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    lines = [TORCH_INDEX, *project["dependencies"]]
+    return "\n".join(lines) + "\n"
+
+
+def stage(out: Path) -> Path:
+    """A directory Cloud Functions can build: main.py, the firegrid package, requirements."""
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(REPO_ROOT / "functions", out, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO_ROOT / "shared" / "firegrid",
+        out / "firegrid",
+        ignore=shutil.ignore_patterns("__pycache__", "local", "client", "demo.py", "deploy.py"),
+    )
+    (out / "requirements.txt").write_text(requirements())
+    return out
+
+
+def function_command(spec: FunctionSpec, target: Target, source: Path) -> list[str]:
+    command = [
+        "gcloud", "functions", "deploy", spec.name,
+        "--gen2", f"--runtime={RUNTIME}", f"--region={target.region}",
+        f"--project={target.project}", f"--source={source}", f"--entry-point={spec.target}",
+        f"--service-account={target.service_account}",
+        f"--set-env-vars=GOOGLE_CLOUD_PROJECT={target.project},FIREGRID_BUCKET={target.bucket}",
+        "--memory=2GiB",
+    ]  # fmt: skip
+    if spec.trigger is None:
+        command.append("--trigger-http")
+        command.append(
+            "--no-allow-unauthenticated"
+            if spec.name in PRIVATE_FUNCTIONS
+            else "--allow-unauthenticated"
+        )
+        if spec.name in PRIVATE_FUNCTIONS:
+            command.append("--timeout=540s")
+    else:
+        command += [
+            f"--trigger-location={target.region}",
+            f"--trigger-event-filters=type={spec.trigger.event_type}",
+            "--trigger-event-filters=database=(default)",
+            f"--trigger-event-filters-path-pattern=document={spec.trigger.document}",
+            "--timeout=540s",
+            "--retry",
+        ]
+    return command
+
+
+def plan(target: Target, source: Path) -> list[list[str]]:
+    """Every command of a deployment, in order."""
+    commands = [
+        ["gcloud", "storage", "buckets", "create", f"gs://{target.bucket}",
+         f"--project={target.project}", f"--location={target.region}",
+         "--uniform-bucket-level-access"],
+    ]  # fmt: skip
+    commands += [function_command(spec, target, source) for spec in FUNCTIONS]
+    tick_url = f"https://{target.region}-{target.project}.cloudfunctions.net/tick"
+    commands.append(
+        [
+            "gcloud",
+            "scheduler",
+            "jobs",
+            "create",
+            "http",
+            "firegrid-tick",
+            f"--project={target.project}",
+            f"--location={target.region}",
+            f"--schedule={target.tick_schedule}",
+            f"--uri={tick_url}",
+            "--http-method=POST",
+            f"--oidc-service-account-email={target.scheduler_account}",
+            f"--oidc-token-audience={tick_url}",
+        ]
+    )
+    return commands
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("deploy", help="stage the functions and deploy them with gcloud")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=REPO_ROOT / "infra" / "deploy.env",
+        help="deployment settings",
+    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "functions")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.set_defaults(handler=deploy_command)
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    if not args.env_file.exists():
+        print(f"no {args.env_file}: copy infra/deploy.env.example and fill it in", file=sys.stderr)
+        return 2
+    target = Target.from_env_file(args.env_file)
+    source = stage(args.out)
+    print(f"staged {source}")
+    for command in plan(target, source):
+        print("$", shlex.join(command))
+        if not args.dry_run:
+            subprocess.run(command, check=True)
+    return 0

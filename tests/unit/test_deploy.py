@@ -1,0 +1,40 @@
+from pathlib import Path
+
+from firegrid.deploy import Target, plan, stage
+from firegrid.manifest import FUNCTIONS
+
+TARGET = Target(
+    project="p",
+    region="europe-west1",
+    bucket="p-firegrid",
+    service_account="fn@p.iam.gserviceaccount.com",
+    scheduler_account="sch@p.iam.gserviceaccount.com",
+)
+
+
+def test_every_function_is_deployed_with_its_trigger(tmp_path: Path) -> None:
+    commands = plan(TARGET, tmp_path)
+    deployed = {c[3]: c for c in commands if c[:3] == ["gcloud", "functions", "deploy"]}
+    assert set(deployed) == {spec.name for spec in FUNCTIONS}
+    assert "--allow-unauthenticated" in deployed["model-centric"]
+    assert "--no-allow-unauthenticated" in deployed["admin"]
+    assert "--no-allow-unauthenticated" in deployed["tick"]
+    assignment = deployed["on-assignment-written"]
+    assert (
+        "--trigger-event-filters-path-pattern=document="
+        "processes/{process}/cycles/{cycle}/assignments/{worker}" in assignment
+    )
+    assert "--retry" in assignment
+    scheduler = commands[-1]
+    assert scheduler[:5] == ["gcloud", "scheduler", "jobs", "create", "http"]
+    assert "--uri=https://europe-west1-p.cloudfunctions.net/tick" in scheduler
+
+
+def test_the_bundle_holds_main_the_package_and_a_cpu_torch_requirement(tmp_path: Path) -> None:
+    out = stage(tmp_path / "bundle")
+    assert (out / "main.py").exists()
+    assert (out / "firegrid" / "services" / "devices.py").exists()
+    assert not (out / "firegrid" / "local").exists()
+    requirements = (out / "requirements.txt").read_text().splitlines()
+    assert requirements[0].startswith("--extra-index-url https://download.pytorch.org/whl/cpu")
+    assert "torch==2.13.0" in requirements
