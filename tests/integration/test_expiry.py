@@ -73,3 +73,25 @@ def test_extend_keeps_assignments(api: Api) -> None:
     _wait_past_deadline(api)
     assert api.tick()["extended"] == ["mnist:1.0#1"]
     assert api.report(worker_id, accepted["request_key"]).status_code == 200
+
+
+def test_tick_redrives_a_cycle_whose_aggregator_died(api: Api, stack_env) -> None:
+    from datetime import datetime, timedelta
+
+    from google.cloud import firestore
+
+    process_id = api.host(cycle_length=600, max_diffs=2, max_workers=2)
+    worker_id, accepted = api.join()
+    assert api.report(worker_id, accepted["request_key"]).status_code == 200
+    cycle = firestore.Client(project=stack_env.project_id).document(
+        f"processes/{process_id}/cycles/1"
+    )
+    # An aggregator took the lease and died: the trigger finds the lease held and backs off.
+    lease_until = datetime.now(UTC) + timedelta(seconds=1.5)
+    cycle.update({"status": "closing", "closing_lease_until": lease_until})
+    assert api.tick()["redriven"] == []
+    assert cycle_seq(api) == 1
+    time.sleep(1.7)
+    assert api.tick()["redriven"] == ["mnist:1.0#1"]
+    assert cycle_seq(api) == 2
+    assert cycle.get().get("num_diffs") == 1
