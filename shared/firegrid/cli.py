@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "tick": "firegrid.local.tick_command",
     "demo": "firegrid.demo",
     "deploy": "firegrid.deploy",
+    "metrics": "firegrid.client.metrics_command",
+    "simulate": "firegrid.client.simulate_command",
 }
 """Verb -> module that registers it."""
 

@@ -1,6 +1,8 @@
 """Training a downloaded plan on local data, PyGrid-style: the result is a diff.
 
 ``diff = params_at_download - params_after_training`` (the protocol's convention).
+The module is the plan's ``torch.export`` program (``firegrid.plans.load_plan``);
+the recipe is the process's ``client_config``.
 """
 
 from __future__ import annotations
@@ -13,22 +15,47 @@ import numpy.typing as npt
 
 from firegrid.tensors import decode_state, encode_state
 
-Arrays = dict[str, npt.NDArray[Any]]
+
+def _load(module: Any, checkpoint: bytes) -> dict[str, npt.NDArray[Any]]:
+    import torch
+
+    state = decode_state(checkpoint, "checkpoint")
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=True)
+    return state
 
 
 def _loss(name: str) -> Any:
     import torch.nn.functional as F
 
-    losses = {
+    return {
         "cross_entropy": F.cross_entropy,
         "mse": F.mse_loss,
         "bce_with_logits": F.binary_cross_entropy_with_logits,
-    }
-    return losses[name]
+    }[name]
+
+
+def _optimizer(params: list[Any], config: Mapping[str, Any]) -> Any:
+    import torch
+
+    lr = float(config.get("lr", 0.01))
+    decay = float(config.get("weight_decay", 0.0))
+    if config.get("optimizer", "sgd") == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=float(config.get("momentum", 0.0)), weight_decay=decay
+    )
+
+
+def steps_for(num_samples: int, config: Mapping[str, Any]) -> int:
+    """``max_updates`` if set, else ``epochs`` (default 1) passes over the data."""
+    if config.get("max_updates"):
+        return int(config["max_updates"])
+    batch_size = int(config.get("batch_size", 32))
+    return int(config.get("epochs", 1)) * -(-num_samples // batch_size)
 
 
 def train(
-    plan: bytes,
+    module: Any,
     checkpoint: bytes,
     x: npt.NDArray[Any],
     y: npt.NDArray[Any],
@@ -36,41 +63,28 @@ def train(
     *,
     seed: int = 0,
 ) -> tuple[bytes, int]:
-    """Train on ``(x, y)`` with the ``config`` recipe; the diff (safetensors) and sample count."""
+    """Train on ``(x, y)`` with the recipe; the diff (safetensors bytes) and the sample count."""
     import torch
 
-    from firegrid.plans import load_plan
-
     generator = torch.Generator().manual_seed(seed)
-    module = load_plan(plan)
-    before = decode_state(checkpoint, "checkpoint")
-    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in before.items()}, strict=True)
+    before = _load(module, checkpoint)
     params = [p for p in module.parameters() if p.requires_grad]
-    lr = float(config.get("lr", 0.01))
-    if config.get("optimizer", "sgd") == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(
-            params, lr=lr, weight_decay=float(config.get("weight_decay", 0))
-        )
-    else:
-        optimizer = torch.optim.SGD(
-            params,
-            lr=lr,
-            momentum=float(config.get("momentum", 0)),
-            weight_decay=float(config.get("weight_decay", 0)),
-        )
+    optimizer = _optimizer(params, config)
     loss_fn = _loss(str(config.get("loss", "cross_entropy")))
-    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-    batch_size = int(config.get("batch_size", 32))
-    steps = int(config.get("max_updates") or 0) or int(config.get("epochs", 1)) * -(
-        -len(x) // batch_size
-    )
     mu = float(config.get("fedprox_mu", 0.0))
     anchor = [p.detach().clone() for p in params]
-    for _ in range(steps):
-        batch = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+    batch_size = min(int(config.get("batch_size", 32)), len(x))
+    order = torch.randperm(len(x), generator=generator)
+    for step in range(steps_for(len(x), config)):
+        start = (step * batch_size) % len(x)
+        if start + batch_size > len(x):
+            order = torch.randperm(len(x), generator=generator)
+            start = 0
+        batch = order[start : start + batch_size]
         optimizer.zero_grad()
         loss = loss_fn(module(inputs[batch]), targets[batch])
-        if mu > 0:
+        if mu > 0:  # FedProx's proximal term keeps local models near the global one
             loss = loss + mu / 2 * sum(
                 ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True)
             )
@@ -81,15 +95,11 @@ def train(
     return encode_state(diff), len(x)
 
 
-def accuracy(plan: bytes, checkpoint: bytes, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> float:
+def accuracy(module: Any, checkpoint: bytes, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> float:
     """Top-1 accuracy of a checkpoint on ``(x, y)``."""
     import torch
 
-    from firegrid.plans import load_plan
-
-    module = load_plan(plan)
-    state = decode_state(checkpoint, "checkpoint")
-    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=True)
+    _load(module, checkpoint)
     with torch.no_grad():
         predicted = module(torch.from_numpy(x)).argmax(dim=1).numpy()
     return float(np.mean(predicted == y))

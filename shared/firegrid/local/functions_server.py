@@ -76,6 +76,9 @@ class FunctionsServer(gunicorn.app.base.BaseApplication):  # type: ignore[misc]
             "threads": threads,
             "timeout": 0,
             "graceful_timeout": 5,
+            # Clients pool connections; gunicorn's 2 s default closes idle ones under
+            # them, and a request sent on a closed one is reset (Cloud Run keeps 600 s).
+            "keepalive": 620,
             "loglevel": "info",
             "limit_request_line": 0,
             # gunicorn's control socket has one default path per user, which

@@ -1,0 +1,77 @@
+"""The operator API over HTTP: host a process, read its status, checkpoints and metrics."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from firegrid.client.protocol import ServerError
+
+
+class OperatorClient:
+    def __init__(
+        self, base_url: str, token: str | None = None, *, timeout_s: float = 120.0
+    ) -> None:
+        self._url = base_url.rstrip("/") + "/admin"
+        self._http = requests.Session()
+        if token:
+            self._http.headers["Authorization"] = f"Bearer {token}"
+        self._timeout = timeout_s
+
+    def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
+        response = self._http.request(method, f"{self._url}/{path}", timeout=self._timeout, **kw)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                code, message = str(body["code"]), str(body["error"])
+            except (ValueError, KeyError, TypeError):
+                code, message = "http_error", response.text[:200]
+            raise ServerError(response.status_code, code, message)
+        return response
+
+    def host(
+        self,
+        model: bytes,
+        plans: Mapping[str, bytes],
+        client_config: Mapping[str, Any],
+        server_config: Mapping[str, Any],
+    ) -> str:
+        body = {
+            "model": base64.b64encode(model).decode(),
+            "plans": {name: base64.b64encode(data).decode() for name, data in plans.items()},
+            "client_config": dict(client_config),
+            "server_config": dict(server_config),
+        }
+        return str(self._call("POST", "host-training", json=body).json()["process_id"])
+
+    def status(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return dict(self._call("GET", "status", params=_named(name, version)).json())
+
+    def checkpoint(self, name: str, version: str | None = None, number: int | None = None) -> bytes:
+        params = _named(name, version) | {"checkpoint": str(number) if number else "latest"}
+        return self._call("GET", "retrieve-model", params=params).content
+
+    def wait_for_checkpoint(
+        self, name: str, version: str | None, number: int, timeout_s: float = 120.0
+    ) -> bytes:
+        deadline = time.monotonic() + timeout_s
+        while self.status(name, version)["latest_checkpoint"] < number:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"checkpoint {number} did not appear within {timeout_s:.0f}s")
+            time.sleep(0.2)
+        return self.checkpoint(name, version, number)
+
+    def training_metrics(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
+        rows = self._call("GET", "training-metrics", params=_named(name, version)).json()["metrics"]
+        return list(rows)
+
+    def tick(self) -> dict[str, Any]:
+        return dict(self._call("POST", "tick").json())
+
+
+def _named(name: str, version: str | None) -> dict[str, str]:
+    return {"name": name} | ({"version": version} if version else {})

@@ -1,0 +1,122 @@
+"""Per-round summaries of device metrics and LEAF's accuracy-vs-round plot.
+
+The rows are ``GET admin/training-metrics``'s ``metrics`` list. matplotlib is
+imported only when drawing, and ``plot_accuracy`` renders through the Agg
+canvas directly, so it never changes pyplot's backend (a notebook keeps its
+inline one).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+Heldout = Sequence[tuple[int, float]]
+"""(round, accuracy of that round's checkpoint on the held-out set)."""
+
+
+@dataclass(frozen=True)
+class RoundStat:
+    """What the devices reported on their local test sets for one cycle."""
+
+    round: int
+    devices: int
+    samples: int
+    weighted_accuracy: float
+    """sum(n_k * acc_k) / sum(n_k): LEAF's headline number, the accuracy over all test samples."""
+    p10: float
+    """10th percentile of per-device accuracy: how the worst-served devices fare."""
+    p90: float
+    mean_loss: float | None
+    """Sample-weighted over the devices that reported a loss; None when none did."""
+
+
+def _round_stat(round_: int, rows: list[Mapping[str, Any]]) -> RoundStat:
+    samples = np.array([row["num_samples"] for row in rows], dtype=np.float64)
+    accuracy = np.array([row["accuracy"] for row in rows], dtype=np.float64)
+    with_loss = [row for row in rows if row.get("loss") is not None]
+    mean_loss = None
+    if with_loss:
+        loss_weights = [row["num_samples"] for row in with_loss]
+        mean_loss = float(np.average([row["loss"] for row in with_loss], weights=loss_weights))
+    p10, p90 = np.percentile(accuracy, [10, 90])
+    return RoundStat(
+        round=round_,
+        devices=len({row["worker_id"] for row in rows}),
+        samples=int(samples.sum()),
+        weighted_accuracy=float(np.average(accuracy, weights=samples)),
+        p10=float(p10),
+        p90=float(p90),
+        mean_loss=mean_loss,
+    )
+
+
+def round_stats(rows: Sequence[Mapping[str, Any]]) -> list[RoundStat]:
+    """One ``RoundStat`` per cycle with test-set metrics, in round order.
+
+    Train-set rows are left out: accuracy on the data a device just fitted
+    says little about the model.
+    """
+    by_round: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row.get("set", "test") == "test":
+            by_round[int(row["cycle_id"])].append(row)
+    return [_round_stat(round_, by_round[round_]) for round_ in sorted(by_round)]
+
+
+def draw_accuracy(
+    ax: Axes, stats: Sequence[RoundStat], *, title: str, heldout: Heldout | None = None
+) -> None:
+    """Draw the accuracy-vs-round plot on ``ax``; the notebook uses this with pyplot."""
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = [stat.round for stat in stats]
+    ax.fill_between(
+        rounds,
+        [stat.p10 for stat in stats],
+        [stat.p90 for stat in stats],
+        alpha=0.25,
+        label="device accuracy, 10th-90th percentile",
+    )
+    ax.plot(
+        rounds,
+        [stat.weighted_accuracy for stat in stats],
+        marker="o",
+        label="device accuracy, sample-weighted",
+    )
+    if heldout:
+        ax.plot(
+            [round_ for round_, _ in heldout],
+            [accuracy for _, accuracy in heldout],
+            marker="s",
+            linestyle="--",
+            label="held-out accuracy of checkpoint",
+        )
+    ax.set(title=title, xlabel="round (cycle)", ylabel="accuracy", ylim=(0.0, 1.0))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+
+
+def plot_accuracy(
+    stats: Sequence[RoundStat], out: Path, *, title: str, heldout: Heldout | None = None
+) -> Path:
+    """Save the accuracy-vs-round plot as a PNG at ``out``; return ``out``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    draw_accuracy(figure.add_subplot(), stats, title=title, heldout=heldout)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, format="png", dpi=120)
+    return out

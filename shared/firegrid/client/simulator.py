@@ -1,0 +1,236 @@
+"""Many simulated devices against any FireGrid base URL, with realistic availability.
+
+Each device is a ``firegrid.client.device.Device`` speaking HTTP. At every wave
+the devices that are online (probability ``online_fraction``) and not waiting
+out a rejection's ``timeout`` ask for a cycle; accepted ones train and report,
+unless they drop out (``dropout``) or are slow (``slow_fraction``, reporting
+``slow_delay_s`` later, possibly after the deadline). Concurrency is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from firegrid.client.device import CycleResult, Device, LocalData, Outcome
+from firegrid.client.protocol import ServerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig:
+    devices: int
+    """How many devices take part."""
+    concurrency: int = 4
+    """Devices working at once (threads)."""
+    online_fraction: float = 1.0
+    """Probability that a device is online when it could ask for a cycle."""
+    dropout: float = 0.0
+    """Probability that an accepted device leaves after downloading (never reports)."""
+    slow_fraction: float = 0.0
+    """Fraction of devices that are slow."""
+    slow_delay_s: float = 2.0
+    """Extra seconds a slow device takes before reporting."""
+    poll_s: float = 0.25
+    """Pause between waves."""
+    time_limit_s: float = 600.0
+    """Give up after this long."""
+    seed: int = 0
+    """Makes availability, drop-outs and training reproducible."""
+
+
+@dataclass
+class CycleTally:
+    reported: int = 0
+    dropped: int = 0
+    late: int = 0
+    rejected: int = 0
+    accuracy_sum: float = 0.0
+    accuracy_weight: int = 0
+
+    @property
+    def local_accuracy(self) -> float | None:
+        return self.accuracy_sum / self.accuracy_weight if self.accuracy_weight else None
+
+
+@dataclass
+class SimulationSummary:
+    cycles: dict[int, CycleTally] = field(default_factory=lambda: defaultdict(CycleTally))
+    outcomes: Counter[str] = field(default_factory=Counter)
+    completed: bool = False
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        lines = [f"{'cycle':>5} {'reported':>8} {'dropped':>7} {'late':>4} {'local acc':>9}"]
+        for cycle_id in sorted(self.cycles):
+            tally = self.cycles[cycle_id]
+            accuracy = tally.local_accuracy
+            shown = f"{accuracy:.3f}" if accuracy is not None else "-"
+            lines.append(
+                f"{cycle_id:>5} {tally.reported:>8} {tally.dropped:>7} {tally.late:>4} {shown:>9}"
+            )
+        outcome_text = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+        status = "training completed" if self.completed else "stopped before completion"
+        lines.append(f"{status} in {self.seconds:.1f}s; device outcomes: {outcome_text}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _SimulatedDevice:
+    device: Device
+    slow: bool
+    retry_at: float = 0.0
+    busy: bool = False
+    done: bool = False
+
+
+class Simulator:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        shards: list[LocalData],
+        config: SimulationConfig,
+        *,
+        version: str | None = None,
+        tokens: list[str] | None = None,
+        on_cycle_done: Callable[[int], float | None] | None = None,
+        expected_cycles: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        """``on_cycle_done(n)`` runs when cycle n is seen completed; it may return an accuracy."""
+        if len(shards) < config.devices:
+            raise ValueError(
+                f"{config.devices} devices need as many data shards, got {len(shards)}"
+            )
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self._devices = [
+            _SimulatedDevice(
+                device=Device(
+                    base_url,
+                    model,
+                    shards[i],
+                    version=version,
+                    auth_token=tokens[i] if tokens else None,
+                    seed=config.seed * 7919 + i,
+                ),
+                slow=self._rng.random() < config.slow_fraction,
+            )
+            for i in range(config.devices)
+        ]
+        self._on_cycle_done = on_cycle_done
+        self._expected_cycles = expected_cycles
+        self._progress = progress
+        self.summary = SimulationSummary()
+        self.last_accuracy: float | None = None
+        self._highest_cycle = 0
+
+    def run(self) -> SimulationSummary:
+        started = time.monotonic()
+        bar = self._bar()
+        futures: dict[Future[CycleResult], _SimulatedDevice] = {}
+        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            while not all(d.done for d in self._devices):
+                if time.monotonic() - started > self.config.time_limit_s:
+                    break
+                for sim in self._ready():
+                    sim.busy = True
+                    futures[pool.submit(self._take_part, sim, self._rng.random())] = sim
+                finished, _ = wait(futures, timeout=self.config.poll_s, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self._record(futures.pop(future), future.result())
+                if bar is not None:
+                    self._update_bar(bar, active=len(futures))
+            for future, sim in futures.items():
+                self._record(sim, future.result())
+        self.summary.completed = all(d.done for d in self._devices)
+        self.summary.seconds = time.monotonic() - started
+        if bar is not None:
+            self._update_bar(bar, active=0)
+            bar.close()
+        return self.summary
+
+    def _ready(self) -> list[_SimulatedDevice]:
+        now = time.monotonic()
+        idle = [d for d in self._devices if not d.busy and not d.done and d.retry_at <= now]
+        online = [d for d in idle if self._rng.random() < self.config.online_fraction]
+        for device in idle:
+            if device not in online:
+                device.retry_at = now + self.config.poll_s * 4  # offline for a while
+        return online
+
+    def _take_part(self, sim: _SimulatedDevice, draw: float) -> CycleResult:
+        try:
+            reply = sim.device.request()
+            if isinstance(reply, CycleResult):
+                return reply
+            return sim.device.train_and_report(
+                reply,
+                drop=draw < self.config.dropout,
+                delay_s=self.config.slow_delay_s if sim.slow else 0.0,
+            )
+        except (ServerError, requests.RequestException) as error:
+            log.warning("device %s: %s", sim.device.worker_id, error)
+            return CycleResult(outcome=Outcome.ERROR, reason=str(error))
+
+    def _record(self, sim: _SimulatedDevice, result: CycleResult) -> None:
+        sim.busy = False
+        self.summary.outcomes[result.outcome.value] += 1
+        if result.outcome is Outcome.COMPLETED:
+            sim.done = True
+            if self._expected_cycles is not None:
+                self._see_cycle(self._expected_cycles + 1)
+            return
+        if result.outcome is Outcome.REJECTED:
+            sim.retry_at = time.monotonic() + (result.timeout or 1)
+            return
+        if result.outcome is Outcome.ERROR:
+            sim.retry_at = time.monotonic() + 1.0
+            return
+        assert result.cycle_id is not None
+        self._see_cycle(result.cycle_id)
+        tally = self.summary.cycles[result.cycle_id]
+        if result.outcome is Outcome.REPORTED:
+            tally.reported += 1
+            if result.accuracy is not None:
+                weight = len(sim.device.data.y_test)
+                tally.accuracy_sum += result.accuracy * weight
+                tally.accuracy_weight += weight
+        elif result.outcome is Outcome.DROPPED:
+            tally.dropped += 1
+            sim.retry_at = time.monotonic() + self.config.slow_delay_s
+        else:
+            tally.late += 1
+
+    def _see_cycle(self, cycle_id: int) -> None:
+        """A device saw cycle ``cycle_id``: every cycle before it has completed."""
+        while self._highest_cycle + 1 < cycle_id:
+            self._highest_cycle += 1
+            if self._on_cycle_done is not None:
+                score = self._on_cycle_done(self._highest_cycle)
+                if score is not None:
+                    self.last_accuracy = score
+        self._highest_cycle = max(self._highest_cycle, cycle_id - 1)
+
+    def _bar(self) -> Any:
+        if not self._progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self._expected_cycles, desc="cycles", unit="cycle", dynamic_ncols=True)
+
+    def _update_bar(self, bar: Any, active: int) -> None:
+        bar.n = self._highest_cycle
+        accuracy = "-" if self.last_accuracy is None else f"{self.last_accuracy:.3f}"
+        bar.set_postfix_str(f"devices active {active}, last accuracy {accuracy}", refresh=False)
+        bar.refresh()
