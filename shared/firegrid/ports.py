@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from firegrid.domain.config import AuthConfig
 from firegrid.domain.cycle import Cycle
 from firegrid.domain.model import Assignment, CycleSummary, Process, Worker
+from firegrid.domain.push import PushMessage, SendReport
 
 
 class Clock(Protocol):
@@ -122,3 +123,9 @@ class MetricsRepository(Protocol):
 
 class Repository(ProcessRepository, WorkerRepository, CycleRepository, MetricsRepository, Protocol):
     """Everything FireGrid keeps in its document store."""
+
+
+class Notifier(Protocol):
+    def send(self, messages: Sequence[PushMessage]) -> SendReport:
+        """Deliver each message once; per-token failures go in the report, never raise."""
+        ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -33,3 +34,25 @@ def stack_env(stack: StackInfo, monkeypatch: pytest.MonkeyPatch) -> StackInfo:
     for key, value in stack.client_env().items():
         monkeypatch.setenv(key, value)
     return stack
+
+
+@pytest.fixture
+def ticker(clean_stack: StackInfo) -> Iterator[None]:
+    """Fire the scheduled tick every 0.3 s during the test (the session stack has no scheduler)."""
+    import threading
+
+    import requests
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        headers = {"Authorization": f"Bearer {clean_stack.admin_token}"}
+        while not stop.wait(0.3):
+            with contextlib.suppress(requests.RequestException):
+                requests.post(f"{clean_stack.base_url}/tick", headers=headers, timeout=30)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=30)

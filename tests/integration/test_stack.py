@@ -50,7 +50,7 @@ def test_stack_json_describes_a_live_stack(stack: StackInfo) -> None:
     recorded = json.loads(stack.path.read_text())
 
     assert recorded.keys() >= FIELDS
-    assert set(recorded["pids"]) == {"firestore", "storage", "router", "functions"}
+    assert set(recorded["pids"]) == {"firestore", "storage", "router", "functions", "fcm"}
     assert all(stack.alive().values())
     assert stack.client_env()["FIRESTORE_EMULATOR_HOST"] == recorded["firestore_host"]
 
@@ -126,7 +126,8 @@ def test_stale_file_is_replaced_and_stop_kills_exactly_its_pids(
                                  start_new_session=True)  # fmt: skip
     try:
         info = start_stack(tmp_path, tick_seconds=0.5, threads=4)
-        assert set(info.pids) == {"firestore", "storage", "router", "functions", "scheduler"}
+        expected = {"firestore", "storage", "router", "functions", "fcm", "scheduler"}
+        assert set(info.pids) == expected
         wait_for_log_line(tmp_path / "logs" / "scheduler.log", "tick ->")
 
         stop_stack(tmp_path)

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import requests
 
-from firegrid.local import firestore_emulator, storage_emulator
+from firegrid.adapters.fcm import FCM_URL_ENV
+from firegrid.local import fcm_endpoint, firestore_emulator, storage_emulator
 from firegrid.local._process import (
     HOST,
     StackError,
@@ -72,6 +73,8 @@ class StackInfo:
     storage_host: str
     """``http://127.0.0.1:P``, the value of ``STORAGE_EMULATOR_HOST``."""
     router_url: str
+    fcm_url: str = ""
+    """Local FCM endpoint, ``http://127.0.0.1:P``; empty in a ``stack.json`` from before it."""
     tick_seconds: float
     """Scheduler interval; 0 means no scheduler runs."""
     pids: dict[str, int]
@@ -90,7 +93,7 @@ class StackInfo:
             PROJECT_ENV: self.project_id,
             BUCKET_ENV: self.bucket,
             ADMIN_TOKEN_ENV: self.admin_token,
-        }
+        } | ({FCM_URL_ENV: self.fcm_url} if self.fcm_url else {})
 
     def alive(self) -> dict[str, bool]:
         return {name: is_alive(pid) for name, pid in self.pids.items()}
@@ -139,7 +142,9 @@ def start_stack(
     jar = firestore_emulator.find_jar(REPO_ROOT)
     if not Path(source).is_file():
         raise StackError(f"function source {source} does not exist")
-    firestore_port, storage_port, functions_port, router_port = (free_port() for _ in range(4))
+    firestore_port, storage_port, functions_port, router_port, fcm_port = (
+        free_port() for _ in range(5)
+    )
 
     log_dir = directory / "logs"
     bucket = f"{project_id}-firegrid"
@@ -153,6 +158,7 @@ def start_stack(
         firestore_host=f"{HOST}:{firestore_port}",
         storage_host=f"http://{HOST}:{storage_port}",
         router_url=f"http://{HOST}:{router_port}",
+        fcm_url=f"http://{HOST}:{fcm_port}",
         tick_seconds=tick_seconds,
         pids={},
         started_at=datetime.now(UTC),
@@ -202,6 +208,7 @@ def _servers(info: StackInfo, java: str, jar: Path, threads: int) -> dict[str, _
     )
     router = [python, "-m", "firegrid.local.router", "--port", str(router_port),
               "--functions-url", info.base_url, "--project", info.project_id]
+    fcm = [python, "-m", "firegrid.local.fcm_endpoint", "--port", str(_port(info.fcm_url))]
     functions = [python, "-m", "firegrid.local.functions_server",
                  "--port", str(_port(info.base_url)), "--source", info.source,
                  "--threads", str(threads)]
@@ -211,6 +218,8 @@ def _servers(info: StackInfo, java: str, jar: Path, threads: int) -> dict[str, _
                              http_probe(f"http://{info.firestore_host}/", "Ok"), FIRESTORE_READY_S),
         "storage": _Server(storage_emulator.command(_port(info.storage_host)), None,
                            http_probe(f"{info.storage_host}/storage/v1/b"), SERVER_READY_S),
+        "fcm": _Server(fcm, None,
+                       http_probe(f"{info.fcm_url}{fcm_endpoint.MESSAGES_PATH}"), SERVER_READY_S),
         "router": _Server(router, None,
                           http_probe(f"{info.router_url}{STATUS_PATH}"), SERVER_READY_S),
         "functions": _Server(functions, functions_env,
@@ -265,7 +274,7 @@ def stop_stack(directory: Path = DEFAULT_DIR) -> StackInfo | None:
 
 
 def wipe(stack: StackInfo, quiet_timeout_s: float = 10.0) -> None:
-    """Delete every document and every object (keeping the bucket).
+    """Delete every document and every object (keeping the bucket), and every push.
 
     Deleting documents makes the emulator send a delete event per document to
     the triggers, after the DELETE has returned; waiting until the router is
@@ -274,6 +283,9 @@ def wipe(stack: StackInfo, quiet_timeout_s: float = 10.0) -> None:
     firestore_emulator.delete_all_documents(stack.firestore_host, stack.project_id)
     storage_emulator.delete_all_objects(stack.storage_host, stack.bucket)
     wait_for_triggers(stack, quiet_timeout_s)
+    if stack.fcm_url:
+        # Last, so pushes sent by the functions the delete events woke are gone too.
+        fcm_endpoint.clear(stack.fcm_url)
 
 
 def wait_for_triggers(stack: StackInfo, timeout_s: float = 10.0, quiet_s: float = QUIET_S) -> None:

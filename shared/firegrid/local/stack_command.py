@@ -77,6 +77,8 @@ def _print_urls(info: StackInfo) -> None:
     print(f"  firestore  {info.firestore_host}")
     print(f"  storage    {info.storage_host}   bucket {info.bucket}")
     print(f"  router     {info.router_url}")
+    if info.fcm_url:
+        print(f"  fcm        {info.fcm_url}/_fcm/messages")
     print(f"  project    {info.project_id}")
     print(f"  scheduler  {tick}")
     print(f"  logs       {info.log_dir}")
