@@ -13,7 +13,7 @@ from cloudevents.http import CloudEvent
 from firegrid import web
 from firegrid.adapters.events import decode_change
 from firegrid.domain.errors import BadRequest
-from firegrid.services import cycles, devices, hosting, operator
+from firegrid.services import cycles, devices, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.wiring import context
 
@@ -38,6 +38,14 @@ def _metrics(ctx: Context, request: flask.Request) -> web.Reply:
     return operator.post_metrics(ctx, web.json_body(request))
 
 
+def _register_token(ctx: Context, request: flask.Request) -> web.Reply:
+    return pool.register_token(ctx, web.json_body(request))
+
+
+def _worker_status(ctx: Context, request: flask.Request) -> web.Reply:
+    return pool.worker_status(ctx, web.json_body(request))
+
+
 DEVICE_ROUTES: web.Routes = {
     ("POST", "/authenticate"): lambda ctx, r: devices.authenticate(ctx, web.json_body(r)),
     ("POST", "/cycle-request"): lambda ctx, r: devices.request_cycle(ctx, web.json_body(r)),
@@ -48,6 +56,10 @@ DEVICE_ROUTES: web.Routes = {
     ("POST", "/report"): lambda ctx, r: devices.report(ctx, web.json_body(r)),
     ("POST", "/metrics"): _metrics,
     ("POST", "/upload-stats"): _metrics,
+    ("POST", "/register-token"): _register_token,
+    ("POST", "/save-fcm-token"): _register_token,
+    ("POST", "/worker-status"): _worker_status,
+    ("POST", "/update-worker-status"): _worker_status,
 }
 
 
@@ -67,6 +79,7 @@ ADMIN_ROUTES: web.Routes = {
     ("GET", "/retrieve-model"): lambda ctx, r: operator.retrieve_model(ctx, web.query_args(r)),
     ("GET", "/training-metrics"): _training_metrics,
     ("POST", "/tick"): lambda ctx, r: cycles.tick(ctx).to_wire(),
+    ("POST", "/push"): lambda ctx, r: pool.operator_push(ctx, web.json_body(r)),
 }
 
 
@@ -109,6 +122,19 @@ def on_assignment_written(event: CloudEvent) -> None:
         return
     ids = _doc_ids(change.path)
     cycles.on_report(context(), ids["processes"], int(ids["cycles"]))
+
+
+@functions_framework.cloud_event
+def on_worker_written(event: CloudEvent) -> None:
+    """A worker that registered a token or became available may complete the pool."""
+    change = decode_change(event["subject"], event.data)
+    after, before = change.after or {}, change.before or {}
+    new_token = bool(after.get("fcm_token")) and after.get("fcm_token") != before.get("fcm_token")
+    confirmed = bool(after.get("available")) and (
+        not before.get("available") or after.get("available_until") != before.get("available_until")
+    )
+    if (new_token or confirmed) and after.get("process_id"):
+        pool.invite(context(), str(after["process_id"]))
 
 
 @functions_framework.cloud_event

@@ -45,6 +45,12 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         ),
     ),
     FunctionSpec(
+        name="on-worker-written",
+        target="on_worker_written",
+        signature="cloudevent",
+        trigger=FirestoreTrigger(event_type=FIRESTORE_WRITTEN, document="workers/{worker}"),
+    ),
+    FunctionSpec(
         name="on-cycle-written",
         target="on_cycle_written",
         signature="cloudevent",

@@ -57,6 +57,29 @@ class WorkerRepository(Protocol):
 
     def count_workers(self, process_id: str) -> int: ...
 
+    def process_workers(self, process_id: str, *, available_only: bool = False) -> list[Worker]: ...
+
+    def register_token(
+        self,
+        worker: Worker,
+        token: str,
+        *,
+        ram_gb: float | None,
+        cpu_cores: int | None,
+        slow: bool,
+        available_until: datetime,
+    ) -> None:
+        """Store the token and profile; the token leaves any other worker of the process."""
+        ...
+
+    def set_available(self, worker_id: str, available: bool, until: datetime | None) -> None: ...
+
+    def drop_tokens(self, process_id: str, tokens: Sequence[str]) -> int:
+        """Forget tokens FCM no longer knows; how many workers lost theirs."""
+        ...
+
+    def mark_invited(self, worker_ids: Sequence[str], now: datetime) -> None: ...
+
     def save_worker(self, worker: Worker) -> Worker:
         """Create the worker unless it exists; return what is stored."""
         ...
@@ -110,9 +133,32 @@ class CycleRepository(Protocol):
 
     def reset_cycle(
         self, process_id: str, cycle: Cycle, deadline: datetime | None, drop_unreported: bool
-    ) -> bool:
-        """Give an expired open cycle a new deadline (and epoch, when dropping workers)."""
+    ) -> list[str] | None:
+        """Give an expired open cycle a new deadline (and epoch, when dropping workers).
+
+        None if another caller got there first; else the workers whose places were dropped.
+        """
         ...
+
+    def assignments(self, process_id: str, seq: int) -> list[Assignment]: ...
+
+    def invitations(self, process_id: str, seq: int) -> dict[str, int]:
+        """Worker id -> the cycle epoch it was invited in."""
+        ...
+
+    def record_invitations(
+        self, process_id: str, seq: int, epoch: int, worker_ids: Sequence[str], now: datetime
+    ) -> list[str]:
+        """Create the invitations that do not exist yet; the ids this call invited."""
+        ...
+
+    def try_lock(
+        self, process_id: str, seq: int, name: str, now: datetime, until: datetime
+    ) -> bool:
+        """A named per-cycle lock, held until released or ``until``."""
+        ...
+
+    def unlock(self, process_id: str, seq: int, name: str) -> None: ...
 
 
 class MetricsRepository(Protocol):
@@ -121,7 +167,19 @@ class MetricsRepository(Protocol):
     def list_metrics(self, process_id: str) -> list[dict[str, Any]]: ...
 
 
-class Repository(ProcessRepository, WorkerRepository, CycleRepository, MetricsRepository, Protocol):
+class PushLog(Protocol):
+    def claim_push(self, process_id: str, key: str, record: Mapping[str, Any]) -> bool:
+        """Record a send about to happen; False if ``key`` was sent already (send it once)."""
+        ...
+
+    def finish_push(self, process_id: str, key: str, result: Mapping[str, Any]) -> None: ...
+
+    def recent_pushes(self, process_id: str, limit: int = 5) -> list[dict[str, Any]]: ...
+
+
+class Repository(
+    ProcessRepository, WorkerRepository, CycleRepository, MetricsRepository, PushLog, Protocol
+):
     """Everything FireGrid keeps in its document store."""
 
 

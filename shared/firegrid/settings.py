@@ -16,6 +16,10 @@ FIRESTORE_EMULATOR_ENV = "FIRESTORE_EMULATOR_HOST"
 STORAGE_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 INLINE_LIMIT_ENV = "FIREGRID_INLINE_LIMIT_BYTES"
 SPEED_TEST_ENV = "FIREGRID_SPEED_TEST_BYTES"
+FCM_URL_ENV = "FIREGRID_FCM_URL"
+"""Base URL of a local FCM endpoint (``http://127.0.0.1:P``); unset in production."""
+SEED_ENV = "FIREGRID_SEED"
+"""Seeds worker sampling (reproducible invitation draws); unset = fresh randomness."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +34,8 @@ class Settings:
     """Largest request body accepted (Cloud Functions' own limit is 32 MiB)."""
     speed_test_bytes: int = 1024 * 1024
     """Size of the download sample served by ``speed-test``."""
+    seed: int | None = None
+    """Seed of the worker-sampling generator (``FIREGRID_SEED``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -40,4 +46,5 @@ class Settings:
             admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
             max_body_bytes=int(os.environ.get(INLINE_LIMIT_ENV, 32 * 1024 * 1024)),
             speed_test_bytes=int(os.environ.get(SPEED_TEST_ENV, 1024 * 1024)),
+            seed=int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else None,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import random
 
 from firegrid.services.context import Context
 from firegrid.settings import Settings
@@ -15,6 +16,7 @@ def context() -> Context:
 
     from firegrid.adapters.auth import JwtVerifier
     from firegrid.adapters.clock import SystemClock
+    from firegrid.adapters.fcm import FcmNotifier
     from firegrid.adapters.firestore_repo import FirestoreRepository
     from firegrid.adapters.storage import GcsBlobStore
 
@@ -25,4 +27,6 @@ def context() -> Context:
         verifier=JwtVerifier(),
         clock=SystemClock(),
         settings=settings,
+        notifier=FcmNotifier(),
+        rng=random.Random(settings.seed),
     )

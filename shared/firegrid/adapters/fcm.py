@@ -39,10 +39,8 @@ import requests.adapters
 from firebase_admin import credentials, exceptions, messaging
 
 from firegrid.domain.push import PushMessage, SendReport
-from firegrid.settings import Settings
+from firegrid.settings import FCM_URL_ENV, Settings
 
-FCM_URL_ENV = "FIREGRID_FCM_URL"
-"""Base URL of a local FCM endpoint (``http://127.0.0.1:P``); unset in production."""
 APP_NAME = "firegrid-messaging"
 MAX_BATCH = 500
 """The most messages ``send_each`` takes in one call."""

@@ -106,6 +106,69 @@ class FirestoreRepository:
             assert existing is not None
             return existing
 
+    def process_workers(self, process_id: str, *, available_only: bool = False) -> list[Worker]:
+        query = self._db.collection("workers").where(
+            filter=FieldFilter("process_id", "==", process_id)
+        )
+        if available_only:
+            query = query.where(filter=FieldFilter("available", "==", True))
+        return [_worker(s.id, s.to_dict()) for s in query.stream()]
+
+    def register_token(
+        self,
+        worker: Worker,
+        token: str,
+        *,
+        ram_gb: float | None,
+        cpu_cores: int | None,
+        slow: bool,
+        available_until: datetime,
+    ) -> None:
+        holders = (
+            self._db.collection("workers")
+            .where(filter=FieldFilter("process_id", "==", worker.process_id))
+            .where(filter=FieldFilter("fcm_token", "==", token))
+        )
+        batch = self._db.batch()
+        for snap in holders.stream():
+            if snap.id != worker.id:  # a reinstalled app's old identity: one worker per device
+                batch.update(snap.reference, {"fcm_token": None, "available": False})
+        batch.update(
+            self._worker_ref(worker.id),
+            {
+                "fcm_token": token,
+                "ram_gb": ram_gb,
+                "cpu_cores": cpu_cores,
+                "slow": slow,
+                "available": True,
+                "available_until": available_until,
+            },
+        )
+        batch.commit()
+
+    def set_available(self, worker_id: str, available: bool, until: datetime | None) -> None:
+        self._worker_ref(worker_id).update({"available": available, "available_until": until})
+
+    def drop_tokens(self, process_id: str, tokens: Sequence[str]) -> int:
+        dropped = 0
+        for start in range(0, len(tokens), 30):  # Firestore's limit for an 'in' filter
+            query = (
+                self._db.collection("workers")
+                .where(filter=FieldFilter("process_id", "==", process_id))
+                .where(filter=FieldFilter("fcm_token", "in", list(tokens[start : start + 30])))
+            )
+            for snap in query.stream():
+                snap.reference.update({"fcm_token": None, "available": False})
+                dropped += 1
+        return dropped
+
+    def mark_invited(self, worker_ids: Sequence[str], now: datetime) -> None:
+        for start in range(0, len(worker_ids), 400):
+            batch = self._db.batch()
+            for worker_id in worker_ids[start : start + 400]:
+                batch.update(self._worker_ref(worker_id), {"last_invited_at": now})
+            batch.commit()
+
     def count_workers(self, process_id: str) -> int:
         query = self._db.collection("workers").where(
             filter=FieldFilter("process_id", "==", process_id)
@@ -286,7 +349,7 @@ class FirestoreRepository:
 
     def reset_cycle(
         self, process_id: str, cycle: Cycle, deadline: datetime | None, drop_unreported: bool
-    ) -> bool:
+    ) -> list[str] | None:
         new_epoch = cycle.epoch + 1 if drop_unreported else cycle.epoch
 
         def decide(current: dict[str, Any]) -> dict[str, Any] | None:
@@ -300,16 +363,15 @@ class FirestoreRepository:
             return {"deadline": deadline, "epoch": new_epoch, "resets": firestore.Increment(1)}
 
         if self._update_if(self._cycle_ref(process_id, cycle.seq), decide) is None:
-            return False
-        if drop_unreported:
-            self._drop_unreported(process_id, cycle.seq, new_epoch)
-        return True
+            return None
+        return self._drop_unreported(process_id, cycle.seq, new_epoch) if drop_unreported else []
 
-    def _drop_unreported(self, process_id: str, seq: int, epoch: int) -> None:
+    def _drop_unreported(self, process_id: str, seq: int, epoch: int) -> list[str]:
         """Free the places of workers who did not report (a report racing us wins)."""
         query = self._assignments(process_id, seq).where(
             filter=FieldFilter("reported", "==", False)
         )
+        dropped = []
         for snap in query.stream():
             if snap.get("epoch") >= epoch:
                 continue
@@ -319,9 +381,71 @@ class FirestoreRepository:
                 )
             except _EXISTS:
                 continue  # reported meanwhile: keep it
+            dropped.append(snap.id)
             slot = snap.get("slot")
             if slot is not None:
                 self._slots(process_id, seq).document(str(slot)).delete()
+        return dropped
+
+    def assignments(self, process_id: str, seq: int) -> list[Assignment]:
+        return [_assignment(s.to_dict()) for s in self._assignments(process_id, seq).stream()]
+
+    def _invitations(self, process_id: str, seq: int) -> firestore.CollectionReference:
+        return self._cycle_ref(process_id, seq).collection("invitations")
+
+    def invitations(self, process_id: str, seq: int) -> dict[str, int]:
+        return {s.id: int(s.get("epoch")) for s in self._invitations(process_id, seq).stream()}
+
+    def record_invitations(
+        self, process_id: str, seq: int, epoch: int, worker_ids: Sequence[str], now: datetime
+    ) -> list[str]:
+        invitations = self._invitations(process_id, seq)
+        invited = []
+        for worker_id in worker_ids:
+            try:
+                invitations.document(worker_id).create({"epoch": epoch, "invited_at": now})
+            except _EXISTS:
+                continue  # never invite a worker twice into one cycle
+            invited.append(worker_id)
+        return invited
+
+    def try_lock(
+        self, process_id: str, seq: int, name: str, now: datetime, until: datetime
+    ) -> bool:
+        ref = self._cycle_ref(process_id, seq).collection("locks").document(name)
+        try:
+            ref.create({"until": until})
+            return True
+        except _EXISTS:
+            pass
+
+        def decide(lock: dict[str, Any]) -> dict[str, Any] | None:
+            return {"until": until} if lock["until"] <= now else None
+
+        return self._update_if(ref, decide) is not None
+
+    def unlock(self, process_id: str, seq: int, name: str) -> None:
+        self._cycle_ref(process_id, seq).collection("locks").document(name).delete()
+
+    # -- pushes -----------------------------------------------------------
+    def claim_push(self, process_id: str, key: str, record: Mapping[str, Any]) -> bool:
+        try:
+            self._process_ref(process_id).collection("pushes").document(key).create(dict(record))
+            return True
+        except _EXISTS:
+            return False
+
+    def finish_push(self, process_id: str, key: str, result: Mapping[str, Any]) -> None:
+        self._process_ref(process_id).collection("pushes").document(key).update(dict(result))
+
+    def recent_pushes(self, process_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        query = (
+            self._process_ref(process_id)
+            .collection("pushes")
+            .order_by("created_at", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        return [s.to_dict() or {} for s in query.stream()]
 
     # -- metrics ----------------------------------------------------------
     def add_metrics(self, process_id: str, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -386,6 +510,13 @@ def _worker(worker_id: str, data: dict[str, Any] | None) -> Worker:
         subject=data["subject"],
         created_at=data["created_at"],
         last_cycle=data.get("last_cycle"),
+        fcm_token=data.get("fcm_token"),
+        available=bool(data.get("available")),
+        available_until=data.get("available_until"),
+        ram_gb=data.get("ram_gb"),
+        cpu_cores=data.get("cpu_cores"),
+        slow=bool(data.get("slow")),
+        last_invited_at=data.get("last_invited_at"),
     )
 
 

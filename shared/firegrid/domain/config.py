@@ -150,6 +150,8 @@ class ServerConfig:
     """Clip instead of rejecting diffs above ``max_diff_norm``."""
     retry_after: int = 60
     """``timeout`` sent with rejections when the cycle has no deadline."""
+    availability_ttl: int = 600
+    """Seconds a worker stays available after registering or confirming."""
     authentication: AuthConfig = field(default_factory=AuthConfig)
     """How workers authenticate."""
 
@@ -197,6 +199,7 @@ class ServerConfig:
             max_diff_norm=_number(raw, "max_diff_norm"),
             clip_diffs=_flag(raw, "clip_diffs"),
             retry_after=_integer(raw, "retry_after", minimum=1) or 60,
+            availability_ttl=_integer(raw, "availability_ttl", minimum=1) or 600,
             authentication=AuthConfig.parse(raw.get("authentication")),
         )
         config._check_consistency()

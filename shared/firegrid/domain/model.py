@@ -42,6 +42,26 @@ class Worker:
     created_at: datetime
     last_cycle: int | None = None
     """The last cycle this worker reported a diff into."""
+    fcm_token: str | None = None
+    """Where pushes reach the device; None until registered (or once FCM drops it)."""
+    available: bool = False
+    """The device said it can train (``register-token`` / ``worker-status``)."""
+    available_until: datetime | None = None
+    """Availability lapses unless confirmed again by then."""
+    ram_gb: float | None = None
+    cpu_cores: int | None = None
+    slow: bool = False
+    """Flagged from the device profile (less than 2 GB of RAM, as the fork did)."""
+    last_invited_at: datetime | None = None
+
+    def in_pool(self, now: datetime) -> bool:
+        """Reachable and currently available."""
+        return (
+            self.fcm_token is not None
+            and self.available
+            and self.available_until is not None
+            and self.available_until > now
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 
 import requests
 
-from firegrid.adapters.fcm import FCM_URL_ENV
 from firegrid.local import fcm_endpoint, firestore_emulator, storage_emulator
 from firegrid.local._process import (
     HOST,
@@ -39,6 +38,7 @@ from firegrid.manifest import FUNCTIONS
 from firegrid.settings import (
     ADMIN_TOKEN_ENV,
     BUCKET_ENV,
+    FCM_URL_ENV,
     FIRESTORE_EMULATOR_ENV,
     PROJECT_ENV,
     STORAGE_EMULATOR_ENV,

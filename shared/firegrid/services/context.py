@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
-from firegrid.ports import BlobStore, Clock, Repository, TokenVerifier
+from firegrid.ports import BlobStore, Clock, Notifier, Repository, TokenVerifier
 from firegrid.settings import Settings
 
 
@@ -15,3 +16,6 @@ class Context:
     verifier: TokenVerifier
     clock: Clock
     settings: Settings
+    notifier: Notifier
+    rng: random.Random
+    """Worker sampling's randomness, injected so a seed reproduces a draw."""

@@ -18,6 +18,7 @@ from firegrid.domain.cycle import (
     is_ready,
 )
 from firegrid.domain.model import CycleSummary, Process
+from firegrid.services import pool
 from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
 from firegrid.tensors import decode_state, encode_state
@@ -69,6 +70,7 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx)
     done = ctx.repo.complete_cycle(process_id, seq, summary, next_cycle)
     if done:
+        pool.after_cycle_completed(ctx, process_id, seq)
         log.info(
             "cycle %s/%d closed: %d diffs, %d samples", process_id, seq, num_diffs, totals.samples
         )
@@ -97,6 +99,7 @@ class TickReport:
     reset: list[str] = field(default_factory=list)
     extended: list[str] = field(default_factory=list)
     redriven: list[str] = field(default_factory=list)
+    invited: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, list[str]]:
@@ -105,6 +108,7 @@ class TickReport:
             "reset": self.reset,
             "extended": self.extended,
             "redriven": self.redriven,
+            "invited": self.invited,
             "failed": self.failed,
         }
 
@@ -123,6 +127,13 @@ def tick(ctx: Context) -> TickReport:
 
 
 def _tick_process(ctx: Context, process: Process, label: str, report: TickReport) -> None:
+    _enforce_deadline(ctx, process, label, report)
+    # Catches what triggers missed: pools that filled up, availability that lapsed.
+    if pool.invite(ctx, process.id):
+        report.invited.append(label)
+
+
+def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickReport) -> None:
     cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
     if cycle is None:
         return
@@ -143,5 +154,11 @@ def _tick_process(ctx: Context, process: Process, label: str, report: TickReport
             close_cycle(ctx, process.id, cycle.seq)
         return
     drop = config.on_expiry == "reset"
-    if ctx.repo.reset_cycle(process.id, cycle, deadline_for(now, config), drop_unreported=drop):
-        (report.reset if drop else report.extended).append(label)
+    dropped = ctx.repo.reset_cycle(
+        process.id, cycle, deadline_for(now, config), drop_unreported=drop
+    )
+    if dropped is None:
+        return
+    (report.reset if drop else report.extended).append(label)
+    if drop:
+        pool.after_cycle_reset(ctx, process.id, cycle.seq, dropped)

@@ -11,6 +11,7 @@ from firegrid.domain import blobs
 from firegrid.domain.errors import BadRequest, NotFound
 from firegrid.domain.model import Process
 from firegrid.services import _fields as fields
+from firegrid.services import pool
 from firegrid.services.context import Context
 
 LEAF_COLUMNS = ("client_id", "round_number", "hierarchy", "num_samples", "set", "accuracy", "loss")
@@ -47,7 +48,7 @@ def status(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
         "current_cycle": current,
         "latest_checkpoint": process.latest_checkpoint,
         "checkpoints": list(range(1, process.latest_checkpoint + 1)),
-        "pool": {"registered": ctx.repo.count_workers(process.id)},
+        "pool": pool.pool_status(ctx, process),
         "server_config": process.server_config.to_dict() | {"authentication": "(hidden)"},
     }
 

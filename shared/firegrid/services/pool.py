@@ -1,0 +1,277 @@
+"""The push-driven worker pool: registration, availability, invitations, lifecycle pushes.
+
+Every path that may need workers calls ``invite`` (the worker trigger, cycle
+closing, resets, the tick); it is safe to call any number of times, at once:
+one invitation round per cycle runs at a time, and a worker is invited into a
+cycle at most once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
+from firegrid.domain.errors import BadRequest, NotFound
+from firegrid.domain.model import Process, Worker
+from firegrid.domain.push import PushType, messages_to, push_data
+from firegrid.domain.selection import Candidate, RoundState, invitations_wanted, select
+from firegrid.services import _fields as fields
+from firegrid.services.context import Context
+
+log = logging.getLogger(__name__)
+
+SLOW_RAM_GB = 2.0
+"""Devices with less RAM are flagged slow (the fork's rule)."""
+INVITE_LOCK = "invite"
+INVITE_LOCK_TTL = timedelta(seconds=60)
+
+
+def _worker(ctx: Context, worker_id: str) -> Worker:
+    worker = ctx.repo.get_worker(worker_id)
+    if worker is None:
+        raise NotFound("Worker not found: authenticate first", "unknown_worker")
+    return worker
+
+
+def _process_of(ctx: Context, worker: Worker) -> Process:
+    process = ctx.repo.get_process(worker.process_id)
+    if process is None:
+        raise NotFound("The worker's process no longer exists", "unknown_process")
+    return process
+
+
+def register_token(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+    """``register-token`` (the fork's ``save-fcm-token``): the worker joins the pool."""
+    worker = _worker(ctx, fields.required_str(body, "worker_id"))
+    token = fields.required_str(body, "fcm_token", "fcm_device_token")
+    if len(token) > 4096:
+        raise BadRequest("'fcm_token' is too long", "invalid_field")
+    ram_gb = fields.optional_number(body, "ram_gb")
+    cores = fields.optional_number(body, "cpu_cores")
+    process = _process_of(ctx, worker)
+    model = fields.optional_str(body, "model")
+    if model is not None and model != process.name:
+        raise BadRequest(
+            "'model' is not the process this worker authenticated for", "wrong_process"
+        )
+    ttl = timedelta(seconds=process.server_config.availability_ttl)
+    ctx.repo.register_token(
+        worker,
+        token,
+        ram_gb=ram_gb,
+        cpu_cores=int(cores) if cores is not None else None,
+        slow=ram_gb is not None and ram_gb < SLOW_RAM_GB,
+        available_until=ctx.clock.now() + ttl,
+    )
+    return {"status": "success"}
+
+
+def worker_status(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+    """``worker-status`` (the fork's ``update-worker-status``): confirm or withdraw availability."""
+    worker = _worker(ctx, fields.required_str(body, "worker_id"))
+    available = body.get("available")
+    if not isinstance(available, bool):
+        raise BadRequest("'available' must be true or false", "invalid_field")
+    process = _process_of(ctx, worker)
+    ttl = timedelta(seconds=process.server_config.availability_ttl)
+    ctx.repo.set_available(worker.id, available, ctx.clock.now() + ttl if available else None)
+    return {"status": "success"}
+
+
+def invite(ctx: Context, process_id: str) -> list[str]:
+    """Run an invitation round for the open cycle if it needs workers; the workers invited."""
+    process = ctx.repo.get_process(process_id)
+    if process is None or process.status is not ProcessStatus.TRAINING:
+        return []
+    cycle = ctx.repo.get_cycle(process_id, process.current_cycle)
+    if cycle is None or cycle.status is not CycleStatus.OPEN:
+        return []
+    now = ctx.clock.now()
+    if not ctx.repo.try_lock(process_id, cycle.seq, INVITE_LOCK, now, now + INVITE_LOCK_TTL):
+        return []  # another instance is running this cycle's round
+    try:
+        return _invitation_round(ctx, process, cycle)
+    finally:
+        ctx.repo.unlock(process_id, cycle.seq, INVITE_LOCK)
+
+
+def _invitation_round(ctx: Context, process: Process, cycle: Cycle) -> list[str]:
+    now = ctx.clock.now()
+    config = process.server_config
+    assignments = ctx.repo.assignments(process.id, cycle.seq)
+    invitations = ctx.repo.invitations(process.id, cycle.seq)
+    assigned_now = {a.worker_id for a in assignments if a.epoch == cycle.epoch}
+    invited_now = {w for w, epoch in invitations.items() if epoch == cycle.epoch}
+    taken = {a.worker_id for a in assignments} | set(invitations)
+    candidates = [
+        Candidate(worker_id=w.id, last_invited_at=w.last_invited_at)
+        for w in ctx.repo.process_workers(process.id, available_only=True)
+        if w.in_pool(now) and w.id not in taken and _reusable(w, cycle, process)
+    ]
+    state = RoundState(
+        assigned=len(assigned_now),
+        invited=len(invited_now),
+        invited_and_assigned=len(invited_now & assigned_now),
+    )
+    wanted = invitations_wanted(config, state, len(candidates))
+    if wanted == 0:
+        return []
+    chosen = select(candidates, wanted, config.pool_selection, ctx.rng)
+    invited = ctx.repo.record_invitations(process.id, cycle.seq, cycle.epoch, chosen, now)
+    ctx.repo.mark_invited(invited, now)
+    workers = {w.id: w for w in ctx.repo.process_workers(process.id, available_only=True)}
+    push(
+        ctx,
+        process,
+        PushType.REQUEST_FOR_CYCLE,
+        [workers[w] for w in invited if w in workers],
+        cycle=cycle,
+        key=f"{PushType.REQUEST_FOR_CYCLE}-{cycle.seq}-{cycle.epoch}-{now.timestamp():.6f}",
+    )
+    return invited
+
+
+def _reusable(worker: Worker, cycle: Cycle, process: Process) -> bool:
+    gap = process.server_config.do_not_reuse_workers_until_cycle
+    return worker.last_cycle is None or gap == 0 or cycle.seq - worker.last_cycle >= gap
+
+
+def push(
+    ctx: Context,
+    process: Process,
+    push_type: PushType,
+    workers: Iterable[Worker],
+    *,
+    cycle: Cycle | None,
+    key: str,
+    with_start_key: bool = True,
+) -> dict[str, Any] | None:
+    """Send ``push_type`` to the workers' tokens once per ``key``, and record the send."""
+    tokens = sorted({w.fcm_token for w in workers if w.fcm_token})
+    record = {
+        "type": push_type.value,
+        "cycle": cycle.seq if cycle else None,
+        "epoch": cycle.epoch if cycle else None,
+        "recipients": len(tokens),
+        "created_at": ctx.clock.now(),
+    }
+    if not ctx.repo.claim_push(process.id, key, record):
+        return None  # sent already (a redelivered trigger, a concurrent closer)
+    data = push_data(
+        push_type,
+        model=process.name,
+        version=process.version,
+        cycle_id=cycle.seq if cycle else None,
+        cycle_start_request_key=cycle.start_key if cycle and with_start_key else None,
+    )
+    report = ctx.notifier.send(messages_to(tokens, data)) if tokens else None
+    result = {
+        "sent": report.sent if report else 0,
+        "failed": report.failed if report else 0,
+        "unregistered": len(report.unregistered) if report else 0,
+    }
+    if report and report.unregistered:
+        ctx.repo.drop_tokens(process.id, list(report.unregistered))
+    if report and report.errors:
+        log.warning("push %s to %s: %s", push_type.value, process.name, report.errors[:3])
+    ctx.repo.finish_push(process.id, key, result)
+    return record | result
+
+
+def after_cycle_completed(ctx: Context, process_id: str, seq: int) -> None:
+    """Lifecycle pushes once cycle ``seq`` closed: the next cycle is open, or training is over."""
+    process = ctx.repo.get_process(process_id)
+    if process is None:
+        return
+    workers = ctx.repo.process_workers(process_id)
+    if process.status is ProcessStatus.COMPLETED:
+        push(ctx, process, PushType.FL_COMPLETED, workers, cycle=None, key=f"fl_completed-{seq}")
+        return
+    next_cycle = ctx.repo.get_cycle(process_id, seq + 1)
+    if next_cycle is None:
+        return
+    now = ctx.clock.now()
+    pool = [w for w in workers if w.in_pool(now) and _reusable(w, next_cycle, process)]
+    push(
+        ctx, process, PushType.CYCLE_COMPLETED, pool,
+        cycle=next_cycle, key=f"cycle_completed-{seq}", with_start_key=False,
+    )  # fmt: skip
+    _ask_for_availability(ctx, process, workers, next_cycle)
+    invite(ctx, process_id)
+
+
+def after_cycle_reset(ctx: Context, process_id: str, seq: int, dropped: Iterable[str]) -> None:
+    """A reset cycle tells its dropped assignees and the pool, then invites again."""
+    process = ctx.repo.get_process(process_id)
+    cycle = ctx.repo.get_cycle(process_id, seq)
+    if process is None or cycle is None:
+        return
+    workers = ctx.repo.process_workers(process_id)
+    dropped_ids = set(dropped)
+    now = ctx.clock.now()
+    recipients = [w for w in workers if w.id in dropped_ids or w.in_pool(now)]
+    push(
+        ctx, process, PushType.CYCLE_RESET, recipients,
+        cycle=cycle, key=f"cycle_reset-{seq}-{cycle.epoch}", with_start_key=False,
+    )  # fmt: skip
+    _ask_for_availability(ctx, process, workers, cycle)
+    invite(ctx, process_id)
+
+
+def _ask_for_availability(
+    ctx: Context, process: Process, workers: list[Worker], cycle: Cycle
+) -> None:
+    push(
+        ctx, process, PushType.WORKER_ONLINE_STATUS, workers,
+        cycle=cycle, key=f"worker_online_status-{cycle.seq}-{cycle.epoch}", with_start_key=False,
+    )  # fmt: skip
+
+
+def operator_push(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+    """``admin/push``: send a message type to every registered worker of a process."""
+    name = fields.required_str(body, "name")
+    version = fields.optional_version(body, "version")
+    try:
+        push_type = PushType(fields.required_str(body, "type"))
+    except ValueError:
+        allowed = ", ".join(t.value for t in PushType)
+        raise BadRequest(f"'type' must be one of {allowed}", "invalid_field") from None
+    process = ctx.repo.find_process(name, version)
+    if process is None:
+        raise NotFound(f"No training process for model '{name}'", "unknown_process")
+    cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
+    now = ctx.clock.now()
+    result = push(
+        ctx, process, push_type, ctx.repo.process_workers(process.id),
+        cycle=cycle, key=f"operator-{push_type.value}-{now.timestamp():.6f}",
+        with_start_key=push_type is PushType.REQUEST_FOR_CYCLE,
+    )  # fmt: skip
+    return {"status": "success", "push": _wire(result or {})}
+
+
+def pool_status(ctx: Context, process: Process) -> dict[str, Any]:
+    now = ctx.clock.now()
+    workers = ctx.repo.process_workers(process.id)
+    invited = assigned = 0
+    cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
+    if cycle is not None:
+        invited = sum(
+            1 for e in ctx.repo.invitations(process.id, cycle.seq).values() if e == cycle.epoch
+        )
+        assigned = ctx.repo.count_assigned(process.id, cycle.seq)
+    return {
+        "registered": sum(1 for w in workers if w.fcm_token),
+        "workers": len(workers),
+        "available": sum(1 for w in workers if w.in_pool(now)),
+        "slow": sum(1 for w in workers if w.slow),
+        "invited": invited,
+        "assigned": assigned,
+        "last_sends": [_wire(p) for p in ctx.repo.recent_pushes(process.id)],
+    }
+
+
+def _wire(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in record.items()}
