@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "deploy": "firegrid.deploy",
     "metrics": "firegrid.client.metrics_command",
     "simulate": "firegrid.client.simulate_command",
+    "push": "firegrid.client.push_command",
 }
 """Verb -> module that registers it."""
 

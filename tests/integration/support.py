@@ -133,3 +133,15 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 30.0, what: str = 
 
 def cycle_seq(api: Api, model: str = "mnist") -> int:
     return int(api.status(model)["current_cycle"]["seq"])
+
+
+def register_token(api: Api, worker_id: str, token: str, **profile: Any) -> None:
+    body = {"worker_id": worker_id, "fcm_token": token} | profile
+    response = api.device("POST", "register-token", json=body)
+    assert response.status_code == 200, response.text
+
+
+def pushes(fcm_url: str, push_type: str | None = None) -> list[dict[str, Any]]:
+    """What the local FCM endpoint received: [{token, data, ...}], optionally of one type."""
+    messages = requests.get(f"{fcm_url}/_fcm/messages", timeout=10).json()["messages"]
+    return [m for m in messages if push_type is None or m["data"]["type"] == push_type]

@@ -69,6 +69,10 @@ class OperatorClient:
         rows = self._call("GET", "training-metrics", params=_named(name, version)).json()["metrics"]
         return list(rows)
 
+    def push(self, name: str, version: str | None, push_type: str) -> dict[str, Any]:
+        body = _named(name, version) | {"type": push_type}
+        return dict(self._call("POST", "push", json=body).json()["push"])
+
     def tick(self) -> dict[str, Any]:
         return dict(self._call("POST", "tick").json())
 
