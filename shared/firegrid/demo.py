@@ -47,7 +47,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--online", type=float, default=0.8, help="online fraction (default 0.8)")
     parser.add_argument("--dropout", type=float, default=0.1, help="drop-out probability")
     parser.add_argument("--slow", type=float, default=0.1, help="fraction of slow devices")
-    parser.add_argument("--cycle-length", type=float, default=4.0, help="seconds per cycle")
+    parser.add_argument("--cycle-length", type=float, default=6.0, help="seconds per cycle")
+    parser.add_argument(
+        "--mode",
+        choices=("push", "poll"),
+        default="push",
+        help="devices act on FCM pushes (default) or poll with cycle-request",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="devices working at once")
     parser.add_argument("--seed", type=int, default=0, help="data, availability and training seed")
     parser.add_argument("--out", type=Path, default=Path("accuracy_vs_round.png"), help="plot file")
@@ -99,14 +105,26 @@ def _host(stack: StackInfo, version: str, args: argparse.Namespace) -> bytes:
         encode_state(state_of(model)),
         {"training_plan": plan},
         {"name": MODEL_NAME, "version": version, **CLIENT_CONFIG},
-        {
-            "cycle_length": args.cycle_length,
-            "num_cycles": args.cycles,
-            "min_diffs": 5,
-            "max_workers": args.devices,
-        },
+        _server_config(args),
     )
     return plan
+
+
+def _server_config(args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {"cycle_length": args.cycle_length, "num_cycles": args.cycles}
+    if args.mode == "poll":  # every online device takes part; the deadline closes the cycle
+        return config | {"max_workers": args.devices, "min_diffs": min(5, args.devices)}
+    # Push: invite a sample of the pool, let late joiners in, close once enough diffs are in.
+    places = max(2, args.devices // 2)
+    max_diffs = max(1, int(places * 0.8))
+    return config | {
+        "max_workers": places,
+        "max_diffs": max_diffs,
+        "min_diffs": min(5, max_diffs),
+        "min_workers": min(10, args.devices),
+        "over_selection": 1.3,
+        "worker_participation_mode": 1,
+    }
 
 
 def run_demo(stack: StackInfo, args: argparse.Namespace) -> tuple[list[tuple[int, float]], float]:
@@ -116,6 +134,7 @@ def run_demo(stack: StackInfo, args: argparse.Namespace) -> tuple[list[tuple[int
 
     from firegrid.client.data import digits_federated
     from firegrid.client.device import LocalData
+    from firegrid.client.inbox import LocalFcmInbox
     from firegrid.client.operator import OperatorClient
     from firegrid.client.plots import plot_accuracy, round_stats
     from firegrid.client.simulator import SimulationConfig, Simulator
@@ -134,7 +153,8 @@ def run_demo(stack: StackInfo, args: argparse.Namespace) -> tuple[list[tuple[int
     evaluator = load_plan(plan)
     print(
         f"hosted {MODEL_NAME} {version}: {args.devices} devices, Dirichlet alpha {args.alpha}, "
-        f"{len(holdout)} held-out digits, {args.cycles} cycles of {args.cycle_length:g}s"
+        f"{len(holdout)} held-out digits, {args.cycles} cycles of at most {args.cycle_length:g}s, "
+        f"{'push-driven' if args.mode == 'push' else 'polling'} devices"
     )
     heldout = [
         (1, accuracy(evaluator, operator.checkpoint(MODEL_NAME, version, 1), holdout.x, holdout.y))
@@ -165,6 +185,7 @@ def run_demo(stack: StackInfo, args: argparse.Namespace) -> tuple[list[tuple[int
         on_cycle_done=evaluate,
         expected_cycles=args.cycles,
         progress=sys.stderr.isatty(),
+        inbox=LocalFcmInbox(stack.fcm_url) if args.mode == "push" else None,
     )
     summary = simulator.run()
     print(summary.table())

@@ -14,7 +14,7 @@ from firegrid.client.protocol import DeviceClient, ServerError
 from firegrid.client.simulator import SimulationConfig, Simulator
 from firegrid.tensors import decode_state
 
-from .support import Api, wait_for
+from .support import Api, pushes, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +152,20 @@ def test_simulate_command_trains_on_leaf_synthetic_data(clean_stack, tmp_path: P
     assert code == 0
     status = OperatorClient(clean_stack.base_url, clean_stack.admin_token).status("synthetic")
     assert status["status"] == "completed" and status["checkpoints"] == [1, 2, 3]
+
+
+def test_push_driven_simulation_trains_without_polling(api: Api, clean_stack, ticker) -> None:
+    from firegrid.client.inbox import LocalFcmInbox
+
+    api.host(num_cycles=2, cycle_length=10, min_workers=3, max_workers=3, max_diffs=3)
+    shards = [_local_data(i) for i in range(4)]
+    config = SimulationConfig(devices=4, seed=5, poll_s=0.1, time_limit_s=90)
+    summary = Simulator(
+        clean_stack.base_url, "mnist", shards, config, progress=False, expected_cycles=2,
+        inbox=LocalFcmInbox(clean_stack.fcm_url),
+    ).run()  # fmt: skip
+    assert summary.completed  # every device stopped on fl_completed
+    assert summary.cycles[1].reported == summary.cycles[2].reported == 3
+    assert api.status()["status"] == "completed"
+    kinds = {m["data"]["type"] for m in pushes(clean_stack.fcm_url)}
+    assert {"request_for_cycle", "cycle_completed", "fl_completed"} <= kinds

@@ -82,6 +82,15 @@ class Device:
         self.worker_id = self.client.authenticate(self.model, self.version, self.auth_token)
         return self.worker_id
 
+    def register_token(self, fcm_token: str, **profile: Any) -> None:
+        """Join the pool, so the server can invite this device by push."""
+        self.client.register_token(
+            self.worker_id or self.authenticate(), fcm_token, self.model, **profile
+        )
+
+    def set_available(self, available: bool) -> None:
+        self.client.worker_status(self.worker_id or self.authenticate(), available)
+
     def request(self, **extra: Any) -> Assignment | CycleResult:
         """Ask for a place; an Assignment, or the rejection as a CycleResult."""
         worker_id = self.worker_id or self.authenticate()

@@ -103,5 +103,13 @@ class DeviceClient:
         }
         self._call("POST", "report", json=body)
 
+    def register_token(self, worker_id: str, fcm_token: str, model: str, **profile: Any) -> None:
+        """Join the pool: pushes reach this device at ``fcm_token``."""
+        body = {"worker_id": worker_id, "fcm_token": fcm_token, "model": model} | profile
+        self._call("POST", "register-token", json=body)
+
+    def worker_status(self, worker_id: str, available: bool) -> None:
+        self._call("POST", "worker-status", json={"worker_id": worker_id, "available": available})
+
     def post_metrics(self, worker_id: str, stats: list[dict[str, Any]]) -> None:
         self._call("POST", "metrics", json={"worker_id": worker_id, "stats": stats})

@@ -1,10 +1,16 @@
 """Many simulated devices against any FireGrid base URL, with realistic availability.
 
-Each device is a ``firegrid.client.device.Device`` speaking HTTP. At every wave
-the devices that are online (probability ``online_fraction``) and not waiting
-out a rejection's ``timeout`` ask for a cycle; accepted ones train and report,
-unless they drop out (``dropout``) or are slow (``slow_fraction``, reporting
-``slow_delay_s`` later, possibly after the deadline). Concurrency is bounded.
+Each device is a ``firegrid.client.device.Device`` speaking HTTP. Accepted
+devices train and report, unless they drop out (``dropout``) or are slow
+(``slow_fraction``, reporting ``slow_delay_s`` later, possibly after the
+deadline). Concurrency is bounded. Two ways to decide when a device asks:
+
+* push (with an inbox): devices register an FCM token and act on pushes only:
+  ``request_for_cycle``, ``cycle_completed`` and ``cycle_reset`` make an online
+  device ask for a cycle, ``worker_online_status`` makes it confirm (or withdraw)
+  its availability, ``fl_completed`` stops it. No polling loop.
+* polling (no inbox, e.g. against a deployment): at every wave the online
+  devices that are not waiting out a rejection's ``timeout`` ask.
 """
 
 from __future__ import annotations
@@ -16,14 +22,21 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import requests
 
 from firegrid.client.device import CycleResult, Device, LocalData, Outcome
+from firegrid.client.inbox import LocalFcmInbox
 from firegrid.client.protocol import ServerError
+from firegrid.domain.push import PushType
 
 log = logging.getLogger(__name__)
+
+_ASK_FOR_A_CYCLE = frozenset(
+    {PushType.REQUEST_FOR_CYCLE, PushType.CYCLE_COMPLETED, PushType.CYCLE_RESET}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +119,7 @@ class Simulator:
         on_cycle_done: Callable[[int], float | None] | None = None,
         expected_cycles: int | None = None,
         progress: bool = True,
+        inbox: LocalFcmInbox | None = None,
     ) -> None:
         """``on_cycle_done(n)`` runs when cycle n is seen completed; it may return an accuracy."""
         if len(shards) < config.devices:
@@ -131,6 +145,8 @@ class Simulator:
         self._on_cycle_done = on_cycle_done
         self._expected_cycles = expected_cycles
         self._progress = progress
+        self._inbox = inbox
+        self._by_token = {f"sim-{config.seed}-{i}": d for i, d in enumerate(self._devices)}
         self.summary = SimulationSummary()
         self.last_accuracy: float | None = None
         self._highest_cycle = 0
@@ -138,14 +154,16 @@ class Simulator:
     def run(self) -> SimulationSummary:
         started = time.monotonic()
         bar = self._bar()
-        futures: dict[Future[CycleResult], _SimulatedDevice] = {}
+        futures: dict[Future[CycleResult | None], _SimulatedDevice] = {}
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            if self._inbox is not None:
+                list(pool.map(self._join_pool, self._by_token.items()))
             while not all(d.done for d in self._devices):
                 if time.monotonic() - started > self.config.time_limit_s:
                     break
-                for sim in self._ready():
+                for sim, task in self._due():
                     sim.busy = True
-                    futures[pool.submit(self._take_part, sim, self._rng.random())] = sim
+                    futures[pool.submit(task)] = sim
                 finished, _ = wait(futures, timeout=self.config.poll_s, return_when=FIRST_COMPLETED)
                 for future in finished:
                     self._record(futures.pop(future), future.result())
@@ -160,6 +178,48 @@ class Simulator:
             bar.close()
         return self.summary
 
+    def _due(self) -> list[tuple[_SimulatedDevice, Callable[[], CycleResult | None]]]:
+        """The work to start now: devices answering pushes, or polling devices."""
+        if self._inbox is None:
+            return [
+                (sim, partial(self._take_part, sim, self._rng.random())) for sim in self._ready()
+            ]
+        due: list[tuple[_SimulatedDevice, Callable[[], CycleResult | None]]] = []
+        for push in self._inbox.poll():
+            sim = self._by_token.get(push.token)
+            if sim is None or sim.done:
+                continue
+            kind = push.data.get("type")
+            if kind == PushType.FL_COMPLETED:
+                sim.done = True
+                if self._expected_cycles is not None:
+                    self._see_cycle(self._expected_cycles + 1)
+            elif kind == PushType.CYCLE_COMPLETED and push.data.get("cycle_id", "").isdigit():
+                self._see_cycle(int(push.data["cycle_id"]))
+            if sim.done or sim.busy or any(s is sim for s, _ in due):
+                continue
+            online = self._rng.random() < self.config.online_fraction
+            if kind == PushType.WORKER_ONLINE_STATUS:
+                due.append((sim, partial(self._confirm, sim, online)))
+            elif kind in _ASK_FOR_A_CYCLE and online:
+                key = push.data.get("cycle_start_request_key") or None
+                due.append((sim, partial(self._take_part, sim, self._rng.random(), key)))
+        self._rng.shuffle(due)  # devices answer a push in no particular order
+        return due
+
+    def _join_pool(self, entry: tuple[str, _SimulatedDevice]) -> None:
+        token, sim = entry
+        try:
+            sim.device.register_token(token, ram_gb=1.0 if sim.slow else 4.0, cpu_cores=4)
+        except (ServerError, requests.RequestException) as error:
+            log.warning("device %s could not join the pool: %s", token, error)
+
+    def _confirm(self, sim: _SimulatedDevice, online: bool) -> None:
+        try:
+            sim.device.set_available(online)
+        except (ServerError, requests.RequestException) as error:
+            log.warning("device %s: %s", sim.device.worker_id, error)
+
     def _ready(self) -> list[_SimulatedDevice]:
         now = time.monotonic()
         idle = [d for d in self._devices if not d.busy and not d.done and d.retry_at <= now]
@@ -169,9 +229,12 @@ class Simulator:
                 device.retry_at = now + self.config.poll_s * 4  # offline for a while
         return online
 
-    def _take_part(self, sim: _SimulatedDevice, draw: float) -> CycleResult:
+    def _take_part(
+        self, sim: _SimulatedDevice, draw: float, start_key: str | None = None
+    ) -> CycleResult:
         try:
-            reply = sim.device.request()
+            extra = {"cycle_start_request_key": start_key} if start_key else {}
+            reply = sim.device.request(**extra)
             if isinstance(reply, CycleResult):
                 return reply
             return sim.device.train_and_report(
@@ -183,8 +246,10 @@ class Simulator:
             log.warning("device %s: %s", sim.device.worker_id, error)
             return CycleResult(outcome=Outcome.ERROR, reason=str(error))
 
-    def _record(self, sim: _SimulatedDevice, result: CycleResult) -> None:
+    def _record(self, sim: _SimulatedDevice, result: CycleResult | None) -> None:
         sim.busy = False
+        if result is None:
+            return
         self.summary.outcomes[result.outcome.value] += 1
         if result.outcome is Outcome.COMPLETED:
             sim.done = True
