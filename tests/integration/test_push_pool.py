@@ -232,3 +232,21 @@ def test_push_command_sends_a_type_to_every_registered_worker(
     bad = cli(["push", "nothing", "1", "fl_completed", "--base-url", clean_stack.base_url,
                "--token", clean_stack.admin_token])  # fmt: skip
     assert bad == 1
+
+
+def test_simultaneous_rounds_never_over_invite(api: Api, clean_stack) -> None:
+    """Ten workers registering at once fire ten worker triggers, plus ticks: one round at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api.host(min_workers=1, max_workers=4, max_diffs=4, over_selection=1.0,
+             worker_participation_mode=1)  # fmt: skip
+    workers = [api.authenticate() for _ in range(10)]
+    with ThreadPoolExecutor(12) as pool:
+        jobs = [pool.submit(register_token, api, w, f"tok-{i}") for i, w in enumerate(workers)]
+        jobs += [pool.submit(api.tick) for _ in range(4)]
+        for job in jobs:
+            job.result()
+    _settle(2.0)
+    invited = [m["token"] for m in pushes(clean_stack.fcm_url, "request_for_cycle")]
+    assert len(invited) == len(set(invited)) == 4
+    assert api.status()["pool"]["invited"] == 4
