@@ -133,20 +133,17 @@ def run_demo(stack: StackInfo, args: argparse.Namespace) -> tuple[list[tuple[int
     from tqdm import tqdm
 
     from firegrid.client.data import digits_federated
-    from firegrid.client.device import LocalData
     from firegrid.client.inbox import LocalFcmInbox
     from firegrid.client.operator import OperatorClient
     from firegrid.client.plots import plot_accuracy, round_stats
+    from firegrid.client.simulate_command import shards_of
     from firegrid.client.simulator import SimulationConfig, Simulator
     from firegrid.client.training import accuracy
     from firegrid.plans import load_plan
 
     torch.set_num_threads(1)  # devices are threads already; one torch thread each
     dataset, holdout = digits_federated(num_devices=args.devices, alpha=args.alpha, seed=args.seed)
-    shards = [
-        LocalData(dataset.train[u].x, dataset.train[u].y, dataset.test[u].x, dataset.test[u].y)
-        for u in dataset.users
-    ]
+    shards = shards_of(dataset)
     version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     plan = _host(stack, version, args)
     operator = OperatorClient(stack.base_url, stack.admin_token)

@@ -145,3 +145,26 @@ def pushes(fcm_url: str, push_type: str | None = None) -> list[dict[str, Any]]:
     """What the local FCM endpoint received: [{token, data, ...}], optionally of one type."""
     messages = requests.get(f"{fcm_url}/_fcm/messages", timeout=10).json()["messages"]
     return [m for m in messages if push_type is None or m["data"]["type"] == push_type]
+
+
+def assignment_reported_event(stack: Any, path: str) -> tuple[dict[str, str], bytes]:
+    """Headers and raw protobuf body of the CloudEvent for ``reported: false -> true`` at ``path``,
+    as Eventarc delivers it in production."""
+    import uuid
+
+    from google.events.cloud.firestore import Document, DocumentEventData, Value
+
+    name = f"projects/{stack.project_id}/databases/(default)/documents/{path}"
+    data = DocumentEventData(
+        old_value=Document(name=name, fields={"reported": Value(boolean_value=False)}),
+        value=Document(name=name, fields={"reported": Value(boolean_value=True)}),
+    )
+    headers = {
+        "Content-Type": "application/protobuf",
+        "ce-id": str(uuid.uuid4()),
+        "ce-specversion": "1.0",
+        "ce-type": "google.cloud.firestore.document.v1.written",
+        "ce-source": f"//firestore.googleapis.com/projects/{stack.project_id}/databases/(default)",
+        "ce-subject": f"documents/{path}",
+    }
+    return headers, DocumentEventData.serialize(data)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from google.cloud import firestore
-from google.events.cloud.firestore import Document, DocumentEventData, Value
 
-from .support import Api, cycle_seq, wait_for
+from .support import Api, assignment_reported_event, cycle_seq, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,26 +73,6 @@ def test_100_simultaneous_reports_aggregate_exactly_once(api: Api, db: firestore
     assert api.status()["checkpoints"] == [1, 2]
 
 
-def _assignment_event(
-    stack, process_id: str, worker_id: str, before: bool, after: bool
-) -> tuple[dict, bytes]:
-    path = f"processes/{process_id}/cycles/1/assignments/{worker_id}"
-    name = f"projects/{stack.project_id}/databases/(default)/documents/{path}"
-    data = DocumentEventData(
-        old_value=Document(name=name, fields={"reported": Value(boolean_value=before)}),
-        value=Document(name=name, fields={"reported": Value(boolean_value=after)}),
-    )
-    headers = {
-        "Content-Type": "application/protobuf",
-        "ce-id": str(uuid.uuid4()),
-        "ce-specversion": "1.0",
-        "ce-type": "google.cloud.firestore.document.v1.written",
-        "ce-source": f"//firestore.googleapis.com/projects/{stack.project_id}/databases/(default)",
-        "ce-subject": f"documents/{path}",
-    }
-    return headers, DocumentEventData.serialize(data)
-
-
 def test_a_redelivered_trigger_event_changes_nothing(
     api: Api, db: firestore.Client, clean_stack
 ) -> None:
@@ -105,7 +83,8 @@ def test_a_redelivered_trigger_event_changes_nothing(
     before = _cycle_doc(db, process_id, 2)
     checkpoint = api.admin("GET", "retrieve-model", params={"name": "mnist"}).content
 
-    headers, body = _assignment_event(clean_stack, process_id, worker_id, False, True)
+    path = f"processes/{process_id}/cycles/1/assignments/{worker_id}"
+    headers, body = assignment_reported_event(clean_stack, path)
     for _ in range(2):
         response = requests.post(
             f"{clean_stack.base_url}/on-assignment-written", data=body, headers=headers, timeout=30

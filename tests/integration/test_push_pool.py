@@ -8,9 +8,15 @@ from collections import Counter
 
 import pytest
 import requests
-from google.events.cloud.firestore import Document, DocumentEventData, Value
 
-from .support import Api, cycle_seq, pushes, register_token, wait_for
+from .support import (
+    Api,
+    assignment_reported_event,
+    cycle_seq,
+    pushes,
+    register_token,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,23 +110,6 @@ def test_require_invitation_needs_the_start_key(api: Api, clean_stack) -> None:
     assert api.cycle_request(worker_id, cycle_start_request_key=key)["status"] == "accepted"
 
 
-def _assignment_event(stack, path: str) -> tuple[dict, bytes]:
-    name = f"projects/{stack.project_id}/databases/(default)/documents/{path}"
-    data = DocumentEventData(
-        old_value=Document(name=name, fields={"reported": Value(boolean_value=False)}),
-        value=Document(name=name, fields={"reported": Value(boolean_value=True)}),
-    )
-    headers = {
-        "Content-Type": "application/protobuf",
-        "ce-id": str(uuid.uuid4()),
-        "ce-specversion": "1.0",
-        "ce-type": "google.cloud.firestore.document.v1.written",
-        "ce-source": f"//firestore.googleapis.com/projects/{stack.project_id}/databases/(default)",
-        "ce-subject": f"documents/{path}",
-    }
-    return headers, DocumentEventData.serialize(data)
-
-
 def test_completion_and_final_pushes_reach_the_right_workers_once(api: Api, clean_stack) -> None:
     process_id = api.host(num_cycles=2, min_workers=1, max_workers=1, max_diffs=1)
     tokens = _join_pool(api, 3)
@@ -132,7 +121,7 @@ def test_completion_and_final_pushes_reach_the_right_workers_once(api: Api, clea
     wait_for(lambda: pushes(clean_stack.fcm_url, "cycle_completed"), what="cycle_completed")
     path = f"processes/{process_id}/cycles/1/assignments/{worker_id}"
     for _ in range(2):  # the same trigger event delivered again changes nothing
-        headers, body = _assignment_event(clean_stack, path)
+        headers, body = assignment_reported_event(clean_stack, path)
         assert requests.post(f"{clean_stack.base_url}/on-assignment-written", data=body,
                              headers=headers, timeout=30).status_code == 200  # fmt: skip
     _settle()

@@ -7,31 +7,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import requests
-
-from firegrid.client.protocol import ServerError
+from firegrid.client.protocol import FunctionClient
 
 
-class OperatorClient:
+class OperatorClient(FunctionClient):
+    """The operator API (function ``admin``); ``token`` is the local stack's bearer token."""
+
     def __init__(
         self, base_url: str, token: str | None = None, *, timeout_s: float = 120.0
     ) -> None:
-        self._url = base_url.rstrip("/") + "/admin"
-        self._http = requests.Session()
+        super().__init__(base_url, "admin", timeout_s=timeout_s)
         if token:
             self._http.headers["Authorization"] = f"Bearer {token}"
-        self._timeout = timeout_s
-
-    def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
-        response = self._http.request(method, f"{self._url}/{path}", timeout=self._timeout, **kw)
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                code, message = str(body["code"]), str(body["error"])
-            except (ValueError, KeyError, TypeError):
-                code, message = "http_error", response.text[:200]
-            raise ServerError(response.status_code, code, message)
-        return response
 
     def host(
         self,

@@ -35,9 +35,11 @@ class Assignment:
     client_config: dict[str, Any]
 
 
-class DeviceClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 60.0) -> None:
-        self._url = base_url.rstrip("/") + "/model-centric"
+class FunctionClient:
+    """Calls to one FireGrid HTTP function; error answers become ``ServerError``."""
+
+    def __init__(self, base_url: str, function: str, *, timeout_s: float) -> None:
+        self._url = f"{base_url.rstrip('/')}/{function}"
         self._http = requests.Session()
         self._timeout = timeout_s
 
@@ -51,6 +53,13 @@ class DeviceClient:
                 code, message = "http_error", response.text[:200]
             raise ServerError(response.status_code, code, message)
         return response
+
+
+class DeviceClient(FunctionClient):
+    """The device API (function ``model-centric``)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 60.0) -> None:
+        super().__init__(base_url, "model-centric", timeout_s=timeout_s)
 
     def authenticate(self, model: str, version: str | None = None, token: str | None = None) -> str:
         body: dict[str, Any] = {"model_name": model}
