@@ -54,6 +54,7 @@ DEVICE_ROUTES: web.Routes = {
     ("GET", "/speed-test"): _speed_test_sample,
     ("POST", "/speed-test"): _speed_test_upload,
     ("POST", "/report"): lambda ctx, r: devices.report(ctx, web.json_body(r)),
+    ("POST", "/report-upload-url"): lambda ctx, r: devices.report_upload_url(ctx, web.json_body(r)),
     ("POST", "/metrics"): _metrics,
     ("POST", "/upload-stats"): _metrics,
     ("POST", "/register-token"): _register_token,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from firegrid.domain.config import AuthConfig
@@ -27,11 +27,17 @@ class BlobStore(Protocol):
         """Store bytes; with ``if_absent`` returns False (and writes nothing) if present."""
         ...
 
-    def get(self, name: str) -> bytes:
-        """The bytes; ``NotFound`` if absent."""
+    def get(self, name: str, *, max_bytes: int | None = None) -> bytes:
+        """The bytes; ``NotFound`` if absent (or larger than ``max_bytes``)."""
         ...
 
+    def delete(self, name: str) -> None: ...
+
     def delete_prefix(self, prefix: str) -> None: ...
+
+    def signed_url(self, name: str, *, method: str, expires_in: timedelta) -> str:
+        """A short-lived URL to GET or PUT one object without other credentials."""
+        ...
 
 
 class ProcessRepository(Protocol):

@@ -32,6 +32,10 @@ class Settings:
     """Bearer token the ``admin`` function requires; None in production (IAM guards it)."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body accepted (Cloud Functions' own limit is 32 MiB)."""
+    inline_limit_bytes: int = 16 * 1024 * 1024
+    """Larger models and plans are served by a signed URL (307), larger diffs uploaded."""
+    max_upload_bytes: int = 1024 * 1024 * 1024
+    """Largest diff accepted through ``report-upload-url``."""
     speed_test_bytes: int = 1024 * 1024
     """Size of the download sample served by ``speed-test``."""
     seed: int | None = None
@@ -44,7 +48,7 @@ class Settings:
             project_id=project_id,
             bucket=os.environ.get(BUCKET_ENV, f"{project_id}-firegrid"),
             admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
-            max_body_bytes=int(os.environ.get(INLINE_LIMIT_ENV, 32 * 1024 * 1024)),
+            inline_limit_bytes=int(os.environ.get(INLINE_LIMIT_ENV, 16 * 1024 * 1024)),
             speed_test_bytes=int(os.environ.get(SPEED_TEST_ENV, 1024 * 1024)),
             seed=int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else None,
         )

@@ -23,11 +23,12 @@ from firegrid.domain.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from firegrid.domain.model import Redirect
 from firegrid.services.context import Context
 
 log = logging.getLogger(__name__)
 
-Reply = dict[str, Any] | list[Any] | bytes | flask.Response | tuple[dict[str, Any], int]
+Reply = dict[str, Any] | list[Any] | bytes | Redirect | flask.Response | tuple[dict[str, Any], int]
 Handler = Callable[[Context, flask.Request], Reply]
 Routes = Mapping[tuple[str, str], Handler]
 
@@ -57,6 +58,11 @@ def _to_response(reply: Reply) -> flask.Response:
         return reply
     if isinstance(reply, bytes):
         return binary(reply)
+    if isinstance(reply, Redirect):
+        response = flask.Response(status=307, mimetype="application/json")
+        response.set_data(b"{}")
+        response.headers["Location"] = reply.url
+        return response
     status = 200
     if isinstance(reply, tuple):
         reply, status = reply

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import random
 
 from firegrid.services.context import Context
-from firegrid.settings import Settings
+from firegrid.settings import STORAGE_EMULATOR_ENV, Settings
 
 
 @functools.cache
@@ -23,7 +24,11 @@ def context() -> Context:
     settings = Settings.from_env()
     return Context(
         repo=FirestoreRepository(firestore.Client(project=settings.project_id)),
-        blobs=GcsBlobStore(storage.Client(project=settings.project_id), settings.bucket),
+        blobs=GcsBlobStore(
+            storage.Client(project=settings.project_id),
+            settings.bucket,
+            emulator_host=os.environ.get(STORAGE_EMULATOR_ENV) or None,
+        ),
         verifier=JwtVerifier(),
         clock=SystemClock(),
         settings=settings,

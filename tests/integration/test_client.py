@@ -169,3 +169,33 @@ def test_push_driven_simulation_trains_without_polling(api: Api, clean_stack, ti
     assert api.status()["status"] == "completed"
     kinds = {m["data"]["type"] for m in pushes(clean_stack.fcm_url)}
     assert {"request_for_cycle", "cycle_completed", "fl_completed"} <= kinds
+
+
+def test_large_payloads_move_by_signed_url(api: Api, clean_stack) -> None:
+    """Above the inline limit: 307 to a signed URL for downloads, a signed PUT for the diff."""
+    from firegrid.tensors import encode_state
+
+    from .support import cycle_seq, small_diff, tiny_model
+
+    api.host(max_inline_bytes=64)
+    device = Device(clean_stack.base_url, "mnist", _local_data(1))
+    device.client.inline_limit_bytes = 0  # every diff goes by upload
+    assignment = device.request()
+    params = {"worker_id": assignment.worker_id, "request_key": assignment.request_key}
+    redirect = api.device("GET", "get-model", params=params | {"model_id": assignment.model_id},
+                          allow_redirects=False)  # fmt: skip
+    assert redirect.status_code == 307
+    assert redirect.headers["Location"].startswith(clean_stack.storage_host)
+    state, plan = tiny_model()
+    assert decode_state(device.client.get_model(assignment)).keys() == state.keys()
+    assert device.client.get_plan(assignment) == plan
+
+    missing = api.device("POST", "report", json=params | {"uploaded": True, "num_samples": 3})
+    assert missing.status_code == 400 and missing.json()["code"] == "missing_upload"
+    device.client.report(assignment, encode_state(small_diff(0.25)), 3)
+    wait_for(lambda: cycle_seq(api) == 2, what="cycle 2")
+    checkpoint = decode_state(
+        OperatorClient(clean_stack.base_url, clean_stack.admin_token).checkpoint("mnist")
+    )
+    for name, old in state.items():
+        np.testing.assert_allclose(checkpoint[name], old - 0.25, atol=1e-6)

@@ -480,6 +480,7 @@ def _process_doc(process: Process) -> dict[str, Any]:
         "key_secret": process.key_secret,
         "schema": schema_to_wire(process.schema),
         "plans": dict(process.plans),
+        "plan_sizes": dict(process.plan_sizes),
         "created_at": process.created_at,
     }
 
@@ -498,6 +499,7 @@ def _process(process_id: str, data: dict[str, Any] | None) -> Process:
         key_secret=data["key_secret"],
         schema=schema_from_wire(data["schema"]),
         plans=data.get("plans") or {},
+        plan_sizes=data.get("plan_sizes") or {},
         created_at=data["created_at"],
     )
 

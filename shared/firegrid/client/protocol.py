@@ -56,10 +56,17 @@ class FunctionClient:
 
 
 class DeviceClient(FunctionClient):
-    """The device API (function ``model-centric``)."""
+    """The device API (function ``model-centric``).
 
-    def __init__(self, base_url: str, *, timeout_s: float = 60.0) -> None:
+    Downloads above the server's inline limit arrive by redirect (followed);
+    diffs above ``inline_limit_bytes`` go by signed upload URL, then ``report``.
+    """
+
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 60.0, inline_limit_bytes: int = 16 * 2**20
+    ) -> None:
         super().__init__(base_url, "model-centric", timeout_s=timeout_s)
+        self.inline_limit_bytes = inline_limit_bytes
 
     def authenticate(self, model: str, version: str | None = None, token: str | None = None) -> str:
         body: dict[str, Any] = {"model_name": model}
@@ -104,13 +111,33 @@ class DeviceClient(FunctionClient):
         return self._call("GET", "get-plan", params=params).content
 
     def report(self, assignment: Assignment, diff: bytes, num_samples: int) -> None:
-        body = {
+        body: dict[str, Any] = {
             "worker_id": assignment.worker_id,
             "request_key": assignment.request_key,
-            "diff": base64.b64encode(diff).decode(),
             "num_samples": num_samples,
         }
+        if len(diff) <= self.inline_limit_bytes:
+            body["diff"] = base64.b64encode(diff).decode()
+        else:
+            self._upload(assignment, diff)
+            body["uploaded"] = True
         self._call("POST", "report", json=body)
+
+    def _upload(self, assignment: Assignment, diff: bytes) -> None:
+        grant = self._call(
+            "POST",
+            "report-upload-url",
+            json={"worker_id": assignment.worker_id, "request_key": assignment.request_key},
+        ).json()
+        response = self._http.request(
+            grant["method"],
+            grant["upload_url"],
+            data=diff,
+            headers={"Content-Type": grant["content_type"]},
+            timeout=self._timeout,
+        )
+        if response.status_code >= 400:
+            raise ServerError(response.status_code, "upload_failed", response.text[:200])
 
     def register_token(self, worker_id: str, fcm_token: str, model: str, **profile: Any) -> None:
         """Join the pool: pushes reach this device at ``fcm_token``."""

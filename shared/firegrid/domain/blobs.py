@@ -18,3 +18,8 @@ def plan_object(process_id: str, plan_name: str) -> str:
 def diff_object(process_id: str, seq: int, worker_id: str, epoch: int, digest: str) -> str:
     """Content-addressed, so a retried report never overwrites another one's bytes."""
     return f"processes/{process_id}/diffs/{seq}/{worker_id}-{epoch}-{digest[:16]}.safetensors"
+
+
+def upload_object(process_id: str, seq: int, worker_id: str, epoch: int) -> str:
+    """Where a device PUTs a diff too large to send inline (then reports ``uploaded``)."""
+    return f"processes/{process_id}/uploads/{seq}/{worker_id}-{epoch}.safetensors"

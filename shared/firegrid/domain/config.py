@@ -150,6 +150,8 @@ class ServerConfig:
     """Clip instead of rejecting diffs above ``max_diff_norm``."""
     retry_after: int = 60
     """``timeout`` sent with rejections when the cycle has no deadline."""
+    max_inline_bytes: int | None = None
+    """Serve models and plans above this size by signed URL (lowers the deployment's limit)."""
     availability_ttl: int = 600
     """Seconds a worker stays available after registering or confirming."""
     authentication: AuthConfig = field(default_factory=AuthConfig)
@@ -200,6 +202,7 @@ class ServerConfig:
             clip_diffs=_flag(raw, "clip_diffs"),
             retry_after=_integer(raw, "retry_after", minimum=1) or 60,
             availability_ttl=_integer(raw, "availability_ttl", minimum=1) or 600,
+            max_inline_bytes=_integer(raw, "max_inline_bytes", minimum=1),
             authentication=AuthConfig.parse(raw.get("authentication")),
         )
         config._check_consistency()

@@ -32,6 +32,17 @@ def schema_of(state: Mapping[str, Tensor]) -> Schema:
     }
 
 
+def payload_bytes(schema: Schema) -> int:
+    """Bytes of tensor data in a safetensors file of this schema (its header is small)."""
+    total = 0
+    for spec in schema.values():
+        count = 1
+        for dim in spec.shape:
+            count *= dim
+        total += count * np.dtype(spec.dtype).itemsize
+    return total
+
+
 def schema_from_wire(raw: Mapping[str, Mapping[str, Any]]) -> Schema:
     return {
         name: TensorSpec(str(s["dtype"]), tuple(int(d) for d in s["shape"]))

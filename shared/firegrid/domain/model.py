@@ -30,6 +30,8 @@ class Process:
     """Names, dtypes and shapes of the model's tensors."""
     plans: Mapping[str, str] = field(default_factory=dict)
     """Plan name -> plan id."""
+    plan_sizes: Mapping[str, int] = field(default_factory=dict)
+    """Plan name -> bytes (to choose between inline and a signed URL)."""
     created_at: datetime
 
 
@@ -90,3 +92,10 @@ class CycleSummary:
     total_samples: int
     checkpoint_out: int
     closed_at: datetime
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A payload served from elsewhere: the device follows ``url`` (HTTP 307)."""
+
+    url: str

@@ -6,20 +6,22 @@ import hashlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from firegrid.domain import blobs
 from firegrid.domain.acceptance import RejectReason, Speeds, reject, screen
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
-from firegrid.domain.diffs import validate_diff
+from firegrid.domain.diffs import payload_bytes, validate_diff
 from firegrid.domain.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized
 from firegrid.domain.keys import KeyScope, issue_request_key, stable_id, verify_request_key
-from firegrid.domain.model import Assignment, Process, Worker
+from firegrid.domain.model import Assignment, Process, Redirect, Worker
 from firegrid.services import _fields as fields
 from firegrid.services.context import Context
 from firegrid.tensors import decode_state
 
 AUTH_REQUIRED = "Authentication is required, please pass an 'auth_token'."
+SIGNED_URL_TTL = timedelta(minutes=15)
 
 
 def _process_by_name(ctx: Context, name: str, version: str | None) -> Process:
@@ -164,16 +166,29 @@ def _place(ctx: Context, worker_id: str, request_key: str) -> Place:
     return Place(process, cycle, assignment)
 
 
-def get_model(ctx: Context, args: Mapping[str, Any]) -> bytes:
+def _inline_limit(ctx: Context, process: Process) -> int:
+    lowered = process.server_config.max_inline_bytes
+    return min(ctx.settings.inline_limit_bytes, lowered or ctx.settings.inline_limit_bytes)
+
+
+def _download(ctx: Context, process: Process, name: str, size: int) -> bytes | Redirect:
+    """Small payloads inline; larger ones by a short-lived signed URL."""
+    if size <= _inline_limit(ctx, process):
+        return ctx.blobs.get(name)
+    return Redirect(ctx.blobs.signed_url(name, method="GET", expires_in=SIGNED_URL_TTL))
+
+
+def get_model(ctx: Context, args: Mapping[str, Any]) -> bytes | Redirect:
     place = _place(
         ctx, fields.required_str(args, "worker_id"), fields.required_str(args, "request_key")
     )
     if fields.required_str(args, "model_id") != place.process.id:
         raise NotFound("Model not found!", "unknown_model")
-    return ctx.blobs.get(blobs.checkpoint_object(place.process.id, place.cycle.checkpoint))
+    name = blobs.checkpoint_object(place.process.id, place.cycle.checkpoint)
+    return _download(ctx, place.process, name, payload_bytes(place.process.schema))
 
 
-def get_plan(ctx: Context, args: Mapping[str, Any]) -> bytes:
+def get_plan(ctx: Context, args: Mapping[str, Any]) -> bytes | Redirect:
     place = _place(
         ctx, fields.required_str(args, "worker_id"), fields.required_str(args, "request_key")
     )
@@ -186,21 +201,42 @@ def get_plan(ctx: Context, args: Mapping[str, Any]) -> bytes:
         )
     if plan_id not in place.process.plans:
         raise NotFound("Plan ID not found!", "unknown_plan")
-    return ctx.blobs.get(blobs.plan_object(place.process.id, plan_id))
+    size = place.process.plan_sizes.get(plan_id, 0)
+    return _download(ctx, place.process, blobs.plan_object(place.process.id, plan_id), size)
+
+
+def report_upload_url(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+    """A signed PUT URL for a diff too large to send inline; then ``report`` with ``uploaded``."""
+    worker_id = fields.required_str(body, "worker_id")
+    place = _place(ctx, worker_id, fields.required_str(body, "request_key"))
+    if place.assignment.reported:
+        raise Conflict("This worker already reported for this cycle", "already_reported")
+    name = blobs.upload_object(place.process.id, place.cycle.seq, worker_id, place.assignment.epoch)
+    expires_at = ctx.clock.now() + SIGNED_URL_TTL
+    return {
+        "upload_url": ctx.blobs.signed_url(name, method="PUT", expires_in=SIGNED_URL_TTL),
+        "expires_at": expires_at.isoformat(),
+        "method": "PUT",
+        "content_type": "application/octet-stream",
+        "max_bytes": ctx.settings.max_upload_bytes,
+    }
 
 
 def report(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     worker_id = fields.required_str(body, "worker_id")
     request_key = fields.required_str(body, "request_key")
     num_samples = fields.positive_int(body, "num_samples", "train_num_samples")
-    if body.get("uploaded") is True:
-        raise BadRequest("uploaded diffs are not available yet; send 'diff' inline", "unsupported")
-    diff_bytes = fields.base64_bytes(body.get("diff"), "diff")
-    if len(diff_bytes) > ctx.settings.max_body_bytes:
-        raise PayloadTooLarge("diff is larger than the inline limit", "too_large")
+    uploaded = body.get("uploaded", False)
+    if not isinstance(uploaded, bool):
+        raise BadRequest("'uploaded' must be true or false", "invalid_field")
+    inline = None if uploaded else fields.base64_bytes(body.get("diff"), "diff")
     place = _place(ctx, worker_id, request_key)
     if place.assignment.reported:
         raise Conflict("This worker already reported for this cycle", "already_reported")
+    upload = blobs.upload_object(
+        place.process.id, place.cycle.seq, worker_id, place.assignment.epoch
+    )
+    diff_bytes = inline if inline is not None else _uploaded_diff(ctx, upload)
     config = place.process.server_config
     diff = validate_diff(
         decode_state(diff_bytes, "diff"),
@@ -226,4 +262,18 @@ def report(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
         name,
         ctx.clock.now(),
     )
+    if uploaded:
+        ctx.blobs.delete(upload)
     return {"status": "success"}
+
+
+def _uploaded_diff(ctx: Context, name: str) -> bytes:
+    try:
+        return ctx.blobs.get(name, max_bytes=ctx.settings.max_upload_bytes)
+    except NotFound as missing:
+        if missing.code == "too_large":
+            raise PayloadTooLarge("The uploaded diff is too large", "too_large") from None
+        raise BadRequest(
+            "No uploaded diff found: PUT it to the URL from report-upload-url first",
+            "missing_upload",
+        ) from None

@@ -67,6 +67,7 @@ def host_training(ctx: Context, body: Mapping[str, Any]) -> str:
         key_secret=secrets.token_urlsafe(32),
         schema=schema_of(model),
         plans={name: name for name in plans},
+        plan_sizes={name: len(data) for name, data in plans.items()},
         created_at=ctx.clock.now(),
     )
     try:
