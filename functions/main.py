@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import flask
 import functions_framework
@@ -34,33 +36,29 @@ def _speed_test_upload(ctx: Context, request: flask.Request) -> web.Reply:
     return {}
 
 
-def _metrics(ctx: Context, request: flask.Request) -> web.Reply:
-    return operator.post_metrics(ctx, web.json_body(request))
+def _json(service: Callable[[Context, dict[str, Any]], web.Reply]) -> web.Handler:
+    return lambda ctx, request: service(ctx, web.json_body(request))
 
 
-def _register_token(ctx: Context, request: flask.Request) -> web.Reply:
-    return pool.register_token(ctx, web.json_body(request))
-
-
-def _worker_status(ctx: Context, request: flask.Request) -> web.Reply:
-    return pool.worker_status(ctx, web.json_body(request))
+def _query(service: Callable[[Context, dict[str, str]], web.Reply]) -> web.Handler:
+    return lambda ctx, request: service(ctx, web.query_args(request))
 
 
 DEVICE_ROUTES: web.Routes = {
-    ("POST", "/authenticate"): lambda ctx, r: devices.authenticate(ctx, web.json_body(r)),
-    ("POST", "/cycle-request"): lambda ctx, r: devices.request_cycle(ctx, web.json_body(r)),
-    ("GET", "/get-model"): lambda ctx, r: devices.get_model(ctx, web.query_args(r)),
-    ("GET", "/get-plan"): lambda ctx, r: devices.get_plan(ctx, web.query_args(r)),
+    ("POST", "/authenticate"): _json(devices.authenticate),
+    ("POST", "/cycle-request"): _json(devices.request_cycle),
+    ("GET", "/get-model"): _query(devices.get_model),
+    ("GET", "/get-plan"): _query(devices.get_plan),
     ("GET", "/speed-test"): _speed_test_sample,
     ("POST", "/speed-test"): _speed_test_upload,
-    ("POST", "/report"): lambda ctx, r: devices.report(ctx, web.json_body(r)),
-    ("POST", "/report-upload-url"): lambda ctx, r: devices.report_upload_url(ctx, web.json_body(r)),
-    ("POST", "/metrics"): _metrics,
-    ("POST", "/upload-stats"): _metrics,
-    ("POST", "/register-token"): _register_token,
-    ("POST", "/save-fcm-token"): _register_token,
-    ("POST", "/worker-status"): _worker_status,
-    ("POST", "/update-worker-status"): _worker_status,
+    ("POST", "/report"): _json(devices.report),
+    ("POST", "/report-upload-url"): _json(devices.report_upload_url),
+    ("POST", "/metrics"): _json(operator.post_metrics),
+    ("POST", "/upload-stats"): _json(operator.post_metrics),
+    ("POST", "/register-token"): _json(pool.register_token),
+    ("POST", "/save-fcm-token"): _json(pool.register_token),
+    ("POST", "/worker-status"): _json(pool.worker_status),
+    ("POST", "/update-worker-status"): _json(pool.worker_status),
 }
 
 
@@ -76,11 +74,11 @@ ADMIN_ROUTES: web.Routes = {
         {"status": "success", "process_id": hosting.host_training(ctx, web.json_body(r))},
         201,
     ),
-    ("GET", "/status"): lambda ctx, r: operator.status(ctx, web.query_args(r)),
-    ("GET", "/retrieve-model"): lambda ctx, r: operator.retrieve_model(ctx, web.query_args(r)),
+    ("GET", "/status"): _query(operator.status),
+    ("GET", "/retrieve-model"): _query(operator.retrieve_model),
     ("GET", "/training-metrics"): _training_metrics,
     ("POST", "/tick"): lambda ctx, r: cycles.tick(ctx).to_wire(),
-    ("POST", "/push"): lambda ctx, r: pool.operator_push(ctx, web.json_body(r)),
+    ("POST", "/push"): _json(pool.operator_push),
 }
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from firegrid.domain import blobs
 from firegrid.domain.aggregation import Contribution, aggregate
@@ -70,11 +71,19 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx)
     done = ctx.repo.complete_cycle(process_id, seq, summary, next_cycle)
     if done:
-        pool.after_cycle_completed(ctx, process_id, seq)
+        _notify(pool.after_cycle_completed, ctx, process_id, seq)
         log.info(
             "cycle %s/%d closed: %d diffs, %d samples", process_id, seq, num_diffs, totals.samples
         )
     return done
+
+
+def _notify(send: Callable[..., None], *args: Any) -> None:
+    """Lifecycle pushes follow a committed transition; their failure must not undo it."""
+    try:
+        send(*args)
+    except Exception:
+        log.exception("lifecycle push %s failed", send.__name__)
 
 
 @dataclass
@@ -161,4 +170,4 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
         return
     (report.reset if drop else report.extended).append(label)
     if drop:
-        pool.after_cycle_reset(ctx, process.id, cycle.seq, dropped)
+        _notify(pool.after_cycle_reset, ctx, process.id, cycle.seq, dropped)
