@@ -239,3 +239,15 @@ def test_simultaneous_rounds_never_over_invite(api: Api, clean_stack) -> None:
     invited = [m["token"] for m in pushes(clean_stack.fcm_url, "request_for_cycle")]
     assert len(invited) == len(set(invited)) == 4
     assert api.status()["pool"]["invited"] == 4
+
+
+def test_availability_lapses_unless_confirmed(api: Api, clean_stack) -> None:
+    api.host(min_workers=10, availability_ttl=1)
+    worker_id = api.authenticate()
+    register_token(api, worker_id, "tok-ttl")
+    assert api.status()["pool"]["available"] == 1
+    time.sleep(1.2)
+    assert api.status()["pool"]["available"] == 0
+    confirm = api.device("POST", "worker-status", json={"worker_id": worker_id, "available": True})
+    assert confirm.status_code == 200
+    assert api.status()["pool"]["available"] == 1
