@@ -64,10 +64,10 @@ class JwtVerifier:
         try:
             body = response.json()
         except ValueError:
+            body = None
+        if not isinstance(body, dict):
             body = {}
-        subject = (
-            body.get("sub") or body.get("uid") or body.get("id") if isinstance(body, dict) else None
-        )
+        subject = body.get("sub") or body.get("uid") or body.get("id")
         return f"endpoint:{subject}" if subject else f"token:{token}"
 
     @staticmethod

@@ -104,6 +104,8 @@ class _SimulatedDevice:
     retry_at: float = 0.0
     busy: bool = False
     done: bool = False
+    pending: str | None = None
+    """A cycle-asking push that came while busy: acted on once idle (its start key, or "")."""
 
 
 class Simulator:
@@ -185,6 +187,10 @@ class Simulator:
                 (sim, partial(self._take_part, sim, self._rng.random())) for sim in self._ready()
             ]
         due: list[tuple[_SimulatedDevice, Callable[[], CycleResult | None]]] = []
+        for waiting in self._devices:
+            if waiting.pending is not None and not waiting.busy and not waiting.done:
+                key, waiting.pending = waiting.pending or None, None
+                due.append((waiting, partial(self._take_part, waiting, self._rng.random(), key)))
         for push in self._inbox.poll():
             sim = self._by_token.get(push.token)
             if sim is None or sim.done:
@@ -196,6 +202,8 @@ class Simulator:
                     self._see_cycle(self._expected_cycles + 1)
             elif kind == PushType.CYCLE_COMPLETED and push.data.get("cycle_id", "").isdigit():
                 self._see_cycle(int(push.data["cycle_id"]))
+            if sim.busy and kind in _ASK_FOR_A_CYCLE:
+                sim.pending = push.data.get("cycle_start_request_key") or ""
             if sim.done or sim.busy or any(s is sim for s, _ in due):
                 continue
             online = self._rng.random() < self.config.online_fraction
