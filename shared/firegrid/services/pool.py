@@ -106,10 +106,13 @@ def _invitation_round(ctx: Context, process: Process, cycle: Cycle) -> list[str]
     assigned_now = {a.worker_id for a in assignments if a.epoch == cycle.epoch}
     invited_now = {w for w, epoch in invitations.items() if epoch == cycle.epoch}
     taken = {a.worker_id for a in assignments} | set(invitations)
-    candidates = [
-        Candidate(worker_id=w.id, last_invited_at=w.last_invited_at)
+    pool = {
+        w.id: w
         for w in ctx.repo.process_workers(process.id, available_only=True)
         if w.in_pool(now) and w.id not in taken and _reusable(w, cycle, process)
+    }
+    candidates = [
+        Candidate(worker_id=w.id, last_invited_at=w.last_invited_at) for w in pool.values()
     ]
     state = RoundState(
         assigned=len(assigned_now),
@@ -122,12 +125,11 @@ def _invitation_round(ctx: Context, process: Process, cycle: Cycle) -> list[str]
     chosen = select(candidates, wanted, config.pool_selection, ctx.rng)
     invited = ctx.repo.record_invitations(process.id, cycle.seq, cycle.epoch, chosen, now)
     ctx.repo.mark_invited(invited, now)
-    workers = {w.id: w for w in ctx.repo.process_workers(process.id, available_only=True)}
     push(
         ctx,
         process,
         PushType.REQUEST_FOR_CYCLE,
-        [workers[w] for w in invited if w in workers],
+        [pool[w] for w in invited],
         cycle=cycle,
         key=f"{PushType.REQUEST_FOR_CYCLE}-{cycle.seq}-{cycle.epoch}-{now.timestamp():.6f}",
     )
