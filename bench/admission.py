@@ -29,6 +29,18 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _summary(results: list[tuple[bool, float]], elapsed: float) -> dict[str, float]:
+    latencies = [latency for _, latency in results]
+    return {
+        "requests": len(results),
+        "accepted": sum(ok for ok, _ in results),
+        "seconds": elapsed,
+        "per_second": len(results) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p95_ms": _percentile(latencies, 0.95) * 1000,
+    }
+
+
 def _firegrid(stack: Any, total: int, max_workers: int) -> dict[str, float]:
     import torch
 
@@ -65,16 +77,7 @@ def _firegrid(stack: Any, total: int, max_workers: int) -> dict[str, float]:
     started = time.perf_counter()
     with ThreadPoolExecutor(64) as pool:
         results = list(pool.map(request, workers))
-    elapsed = time.perf_counter() - started
-    latencies = [latency for _, latency in results]
-    return {
-        "requests": total,
-        "accepted": sum(ok for ok, _ in results),
-        "seconds": elapsed,
-        "per_second": total / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p95_ms": _percentile(latencies, 0.95) * 1000,
-    }
+    return _summary(results, time.perf_counter() - started)
 
 
 def _transactional_counter(
@@ -107,16 +110,7 @@ def _transactional_counter(
     with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(admit, i) for i in range(total)]
         results = [f.result(timeout=limit_s) for f in futures]
-    elapsed = time.perf_counter() - started
-    latencies = [latency for _, latency in results]
-    return {
-        "requests": total,
-        "accepted": sum(ok for ok, _ in results),
-        "seconds": elapsed,
-        "per_second": total / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p95_ms": _percentile(latencies, 0.95) * 1000,
-    }
+    return _summary(results, time.perf_counter() - started)
 
 
 def main() -> None:
