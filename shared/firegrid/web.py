@@ -49,7 +49,7 @@ def query_args(request: flask.Request) -> dict[str, str]:
 
 def binary(data: bytes) -> flask.Response:
     response = flask.Response(data, mimetype="application/octet-stream")
-    response.headers["ETag"] = hashlib.sha256(data).hexdigest()
+    response.set_etag(hashlib.sha256(data).hexdigest())  # quoted, as HTTP defines ETags
     return response
 
 

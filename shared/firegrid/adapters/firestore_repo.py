@@ -201,8 +201,8 @@ class FirestoreRepository:
         while True:
             taken = {int(s.id) for s in slots.select(["worker_id"]).stream()}
             free = [i for i in range(max_workers) if i not in taken]
-            if not free:
-                return None
+            if not free:  # full, unless this worker's own concurrent request took a place
+                return self.get_assignment(process_id, cycle.seq, worker_id)
             slot = random.choice(free)  # spreads concurrent claimants over the free slots
             assignment = Assignment(
                 worker_id=worker_id, seq=cycle.seq, epoch=cycle.epoch, assigned_at=now, slot=slot

@@ -252,16 +252,21 @@ def report(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     name = blobs.diff_object(
         place.process.id, place.cycle.seq, worker_id, place.assignment.epoch, digest
     )
-    ctx.blobs.put(name, diff_bytes, if_absent=True)
-    ctx.repo.record_report(
-        place.process.id,
-        place.cycle.seq,
-        worker_id,
-        place.assignment.epoch,
-        num_samples,
-        name,
-        ctx.clock.now(),
-    )
+    stored = ctx.blobs.put(name, diff_bytes, if_absent=True)
+    try:
+        ctx.repo.record_report(
+            place.process.id,
+            place.cycle.seq,
+            worker_id,
+            place.assignment.epoch,
+            num_samples,
+            name,
+            ctx.clock.now(),
+        )
+    except Conflict:
+        if stored:  # the cycle closed (or a twin report won) meanwhile: leave no orphan
+            ctx.blobs.delete(name)
+        raise
     if uploaded:
         ctx.blobs.delete(upload)
     return {"status": "success"}

@@ -8,7 +8,9 @@ cycle at most once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -131,9 +133,15 @@ def _invitation_round(ctx: Context, process: Process, cycle: Cycle) -> list[str]
         PushType.REQUEST_FOR_CYCLE,
         [pool[w] for w in invited],
         cycle=cycle,
-        key=f"{PushType.REQUEST_FOR_CYCLE}-{cycle.seq}-{cycle.epoch}-{now.timestamp():.6f}",
+        key=_round_key(cycle, invited),
     )
     return invited
+
+
+def _round_key(cycle: Cycle, invited: list[str]) -> str:
+    """One push per invitation round: rounds of a cycle invite disjoint sets of workers."""
+    digest = hashlib.sha256("\n".join(sorted(invited)).encode()).hexdigest()[:16]
+    return f"{PushType.REQUEST_FOR_CYCLE}-{cycle.seq}-{cycle.epoch}-{digest}"
 
 
 def _reusable(worker: Worker, cycle: Cycle, process: Process) -> bool:
@@ -245,10 +253,9 @@ def operator_push(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     if process is None:
         raise NotFound(f"No training process for model '{name}'", "unknown_process")
     cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
-    now = ctx.clock.now()
     result = push(
         ctx, process, push_type, ctx.repo.process_workers(process.id),
-        cycle=cycle, key=f"operator-{push_type.value}-{now.timestamp():.6f}",
+        cycle=cycle, key=f"operator-{push_type.value}-{secrets.token_hex(8)}",
         with_start_key=push_type is PushType.REQUEST_FOR_CYCLE,
     )  # fmt: skip
     return {"status": "success", "push": _wire(result or {})}
