@@ -1,0 +1,385 @@
+"""The deployed entry points (functions/main.py) driven through functions-framework's test
+client, with the production Context replaced by the in-memory fakes.
+
+main.py binds ``firegrid.wiring.context`` when it is loaded, and every ``create_app`` loads
+it afresh, so the fixtures patch ``firegrid.wiring.context`` before creating an app.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import functions_framework
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+
+import firegrid.wiring
+from firegrid.domain import blobs
+from firegrid.domain.cycle import CycleStatus
+from firegrid.domain.model import Assignment
+from firegrid.services import hosting
+from firegrid.services.context import Context
+from firegrid.tensors import encode_state
+from tests.fakes import CycleRecord, fake_settings, make_context
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = str(ROOT / "functions" / "main.py")
+REQUESTS = ROOT / "tests" / "data" / "requests"
+EMULATOR = ROOT / "tests" / "data" / "emulator"
+ADMIN = {"Authorization": "Bearer tok"}
+INTERNAL = {"error": "Internal error", "code": "internal"}
+
+State = dict[str, np.ndarray]
+App = Callable[[str], FlaskClient]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[State, bytes]:
+    """A small MLP's state and its torch.export plan, built once for this module."""
+    import torch
+
+    from firegrid.plans import build_plan, state_of
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    return state_of(module), build_plan(module, torch.zeros(2, 8))
+
+
+def use(monkeypatch: pytest.MonkeyPatch, ctx: Context) -> Context:
+    monkeypatch.setattr(firegrid.wiring, "context", lambda: ctx)
+    return ctx
+
+
+@pytest.fixture
+def ctx(monkeypatch: pytest.MonkeyPatch) -> Context:
+    return use(monkeypatch, make_context())
+
+
+@pytest.fixture
+def app(ctx: Context) -> App:
+    """``app(target)``: a test client of one function, loaded after ``ctx`` was patched in."""
+    return lambda target: functions_framework.create_app(target, source=MAIN).test_client()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def host_body(tiny: tuple[State, bytes], **server: Any) -> dict[str, Any]:
+    state, plan = tiny
+    return {
+        "model": b64(encode_state(state)),
+        "plans": {"training_plan": b64(plan)},
+        "client_config": {"name": "mnist", "version": "1.0"},
+        "server_config": {"cycle_length": 60, "num_cycles": 3, "max_diffs": 1} | server,
+    }
+
+
+def host(ctx: Context, tiny: tuple[State, bytes], **server: Any) -> str:
+    return hosting.host_training(ctx, host_body(tiny, **server))
+
+
+def joined(device: FlaskClient, token: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Authenticate and take a place over HTTP: (worker_id, the accepted answer)."""
+    body = {"model_name": "mnist"} | ({"auth_token": token} if token else {})
+    auth = device.post("/authenticate", json=body)
+    assert auth.status_code == 200, auth.json
+    worker_id = auth.json["worker_id"]
+    answer = device.post("/cycle-request", json={"worker_id": worker_id, "model": "mnist"})
+    assert answer.status_code == 200 and answer.json["status"] == "accepted", answer.json
+    return worker_id, answer.json
+
+
+def golden(name: str) -> tuple[dict[str, str], bytes]:
+    headers = json.loads((REQUESTS / f"{name}.headers.json").read_text())
+    return headers, (REQUESTS / f"{name}.pb").read_bytes()
+
+
+# -- wiring -------------------------------------------------------------------
+
+
+def test_the_functions_run_on_the_patched_context(ctx, app, tiny) -> None:
+    response = app("admin").post("/host-training", json=host_body(tiny), headers=ADMIN)
+
+    assert response.status_code == 201
+    assert response.json["status"] == "success"
+    assert set(ctx.repo.processes) == {response.json["process_id"]}
+
+
+def test_each_app_keeps_the_context_it_was_loaded_with(monkeypatch, app, tiny) -> None:
+    first = use(monkeypatch, make_context())
+    first_app = app("admin")
+    second = use(monkeypatch, make_context())
+    second_app = app("admin")
+
+    first_app.post("/host-training", json=host_body(tiny), headers=ADMIN)
+
+    assert len(first.repo.processes) == 1
+    assert second.repo.processes == {}
+    assert second_app.get("/status?name=mnist", headers=ADMIN).status_code == 404
+
+
+# -- error mapping ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_a_body_that_is_not_a_json_object_is_400_bad_json(app, data) -> None:
+    response = app("model_centric").post(
+        "/authenticate", data=data, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json["code"] == "bad_json"
+
+
+def test_an_unknown_path_is_404_not_found(app) -> None:
+    for client, headers in ((app("model_centric"), {}), (app("admin"), ADMIN)):
+        response = client.post("/no-such-endpoint", json={}, headers=headers)
+
+        assert response.status_code == 404
+        assert response.json["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/authenticate"), ("PUT", "/report")])
+def test_a_wrong_method_is_405(app, method, path) -> None:
+    response = app("model_centric").open(path, method=method)
+
+    assert response.status_code == 405
+    assert response.json["code"] == "method_not_allowed"
+
+
+def test_an_unhandled_exception_is_a_bare_500_without_a_traceback(ctx, app) -> None:
+    def broken(name, version):
+        raise RuntimeError("secret-detail in /srv/firegrid/repo.py line 12")
+
+    ctx.repo.find_process = broken
+
+    response = app("model_centric").post("/authenticate", json={"model_name": "mnist"})
+
+    assert response.status_code == 500
+    assert response.mimetype == "application/json"
+    assert response.json == INTERNAL
+    assert b"secret-detail" not in response.data
+    assert b"Traceback" not in response.data
+
+
+def test_a_body_above_the_size_limit_is_413(monkeypatch, app) -> None:
+    use(monkeypatch, make_context(settings=fake_settings(max_body_bytes=64)))
+
+    response = app("model_centric").post("/report", json={"padding": "x" * 100})
+
+    assert response.status_code == 413
+    assert response.json["code"] == "too_large"
+
+
+# -- admin guard --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic tok"}, {"Authorization": ""}],
+)
+def test_admin_and_tick_need_the_bearer_token(app, headers) -> None:
+    for client, path in ((app("admin"), "/tick"), (app("tick"), "/")):
+        response = client.post(path, headers=headers)
+
+        assert response.status_code == 401
+        assert response.json["code"] == "admin_auth_required"
+
+
+def test_with_the_bearer_token_admin_and_tick_answer(app) -> None:
+    status = app("admin").get("/status?name=mnist", headers=ADMIN)
+    tick = app("tick").post("/", headers=ADMIN)
+
+    assert (status.status_code, status.json["code"]) == (404, "unknown_process")
+    assert tick.status_code == 200
+    assert tick.json == {
+        "closed": [],
+        "reset": [],
+        "extended": [],
+        "redriven": [],
+        "invited": [],
+        "failed": [],
+    }
+
+
+# -- aliases ------------------------------------------------------------------
+
+
+def test_the_pygrid_fork_aliases_reach_the_same_services(ctx, app, tiny) -> None:
+    process_id = host(ctx, tiny)
+    device = app("model_centric")
+    worker_id = device.post("/authenticate", json={"model_name": "mnist"}).json["worker_id"]
+
+    saved = device.post(
+        "/save-fcm-token", json={"worker_id": worker_id, "fcm_device_token": "fcm-1"}
+    )
+    assert saved.status_code == 200
+    assert ctx.repo.get_worker(worker_id).fcm_token == "fcm-1"
+
+    status = device.post("/update-worker-status", json={"worker_id": worker_id, "available": False})
+    assert status.status_code == 200
+    assert not ctx.repo.get_worker(worker_id).available
+
+    stats = [{"cycle_id": 1, "accuracy": 0.5, "loss": 1.2, "num_samples": 10}]
+    uploaded = device.post("/upload-stats", json={"worker_id": worker_id, "stats": stats})
+    assert uploaded.json == {"status": "success", "stored": 1}
+    assert ctx.repo.list_metrics(process_id)[0]["accuracy"] == 0.5
+
+    csv = app("admin").get("/training-metrics?name=mnist&format=csv", headers=ADMIN)
+    assert csv.mimetype == "text/csv"
+    assert csv.data.decode().splitlines() == [
+        "client_id,round_number,hierarchy,num_samples,set,accuracy,loss",
+        f"{worker_id},1,,10,test,0.5,1.2",
+    ]
+
+
+# -- downloads ----------------------------------------------------------------
+
+
+def test_binary_downloads_are_octet_streams_with_a_sha256_etag(ctx, app, tiny) -> None:
+    state, plan = tiny
+    process_id = host(ctx, tiny)
+    device = app("model_centric")
+    worker_id, accepted = joined(device)
+    key = f"worker_id={worker_id}&request_key={accepted['request_key']}"
+
+    responses = {
+        "model": device.get(f"/get-model?{key}&model_id={process_id}"),
+        "plan": device.get(f"/get-plan?{key}&plan_id=training_plan&receive_operations_as=torch"),
+        "retrieved": app("admin").get("/retrieve-model?name=mnist&checkpoint=1", headers=ADMIN),
+    }
+    expected = {"model": encode_state(state), "plan": plan, "retrieved": encode_state(state)}
+
+    for what, response in responses.items():
+        assert response.status_code == 200, what
+        assert response.mimetype == "application/octet-stream", what
+        assert response.data == expected[what], what
+        assert response.headers["ETag"] == f'"{hashlib.sha256(expected[what]).hexdigest()}"', what
+
+
+def test_a_model_above_the_inline_limit_is_a_307_to_a_signed_url(monkeypatch, app, tiny) -> None:
+    ctx = use(monkeypatch, make_context(settings=fake_settings(inline_limit_bytes=16)))
+    process_id = host(ctx, tiny)
+    device = app("model_centric")
+    worker_id, accepted = joined(device)
+
+    response = device.get(
+        f"/get-model?worker_id={worker_id}&request_key={accepted['request_key']}"
+        f"&model_id={process_id}"
+    )
+
+    name = blobs.checkpoint_object(process_id, 1)
+    assert response.status_code == 307
+    assert response.headers["Location"].startswith(ctx.blobs.URL_BASE + name)
+    assert ctx.blobs.signed == [("GET", name)]
+
+
+def test_a_forged_request_key_is_401(ctx, app, tiny) -> None:
+    process_id = host(ctx, tiny)
+    device = app("model_centric")
+    worker_id, _ = joined(device)
+
+    response = device.get(
+        f"/get-model?worker_id={worker_id}&request_key=1.0.forged&model_id={process_id}"
+    )
+
+    assert (response.status_code, response.json) == (
+        401,
+        {"error": "Invalid request key!", "code": "invalid_request_key"},
+    )
+
+
+# -- Firestore triggers -------------------------------------------------------
+
+
+def test_the_golden_events_decode_to_the_assignment_change() -> None:
+    from firegrid.adapters.events import decode_change
+
+    headers, data = golden("assignment_reported")
+    change = decode_change(headers["ce-subject"], data)
+
+    assert change.path == headers["ce-document"]
+    assert (change.before["reported"], change.after["reported"]) == (False, True)
+    assert change.after["num_samples"] == 5
+    created_headers, created_data = golden("assignment_created")
+    created = decode_change(created_headers["ce-subject"], created_data)
+    assert (created.before, created.after["reported"]) == (None, False)
+
+
+def test_a_reported_assignment_event_closes_the_full_cycle_once(ctx, app, tiny) -> None:
+    process_id = host(ctx, tiny, max_diffs=1, authentication={"secret": "abc"})
+    device = app("model_centric")
+    worker_id, accepted = joined(device, token="valid:alice")
+    diff = {k: np.full_like(v, 0.1) for k, v in tiny[0].items()}
+    reported = device.post(
+        "/report",
+        json={
+            "worker_id": worker_id,
+            "request_key": accepted["request_key"],
+            "diff": b64(encode_state(diff)),
+            "num_samples": 5,
+        },
+    )
+    assert reported.json == {"status": "success"}
+    assert ctx.repo.get_cycle(process_id, 1).status is CycleStatus.OPEN  # the trigger closes it
+    trigger = app("on_assignment_written")
+    created_headers, created = golden("assignment_created")
+    reported_headers, reported_event = golden("assignment_reported")
+    assert reported_headers["ce-subject"].endswith(
+        f"processes/{process_id}/cycles/1/assignments/{worker_id}"
+    )
+
+    assert trigger.post("/", data=created, headers=created_headers).status_code == 200
+    assert ctx.repo.get_cycle(process_id, 1).status is CycleStatus.OPEN  # not a report: nothing
+    for _ in range(2):  # at-least-once delivery: the second finds nothing to do
+        assert trigger.post("/", data=reported_event, headers=reported_headers).status_code == 200
+
+    record = ctx.repo.cycle_record(process_id, 1)
+    assert record.cycle.status is CycleStatus.COMPLETED
+    assert record.aggregation_runs == 1
+    assert ctx.repo.get_process(process_id).current_cycle == 2
+    assert ctx.blobs.writes.count(blobs.checkpoint_object(process_id, 2)) == 1
+
+
+def test_the_emulators_base64_cycle_event_drives_the_close(ctx, app, tiny) -> None:
+    """The Firestore emulator's own capture (base64 text) of cycle p1/1 entering ``closing``."""
+    capture = json.loads((EMULATOR / "cycle_updated_event.json").read_text())
+    hosted = host(ctx, tiny)
+    # The capture names process "p1": the hosted process, copied under that id, closing.
+    repo = ctx.repo
+    repo.processes["p1"] = dataclasses.replace(repo.processes[hosted], id="p1")
+    cycle = dataclasses.replace(
+        repo.get_cycle(hosted, 1), process_id="p1", status=CycleStatus.CLOSING
+    )
+    diff_name = blobs.diff_object("p1", 1, "w1", 0, "0" * 16)
+    at = cycle.opened_at
+    reported = Assignment(
+        worker_id="w1",
+        seq=1,
+        epoch=0,
+        assigned_at=at,
+        reported_at=at,
+        num_samples=3,
+        diff_object=diff_name,
+    )
+    repo.cycles[("p1", 1)] = CycleRecord(cycle=cycle, assignments={"w1": reported})
+    ctx.blobs.put(
+        blobs.checkpoint_object("p1", 1), ctx.blobs.get(blobs.checkpoint_object(hosted, 1))
+    )
+    ctx.blobs.put(diff_name, encode_state({k: np.zeros_like(v) for k, v in tiny[0].items()}))
+
+    response = app("on_cycle_written").post("/", data=capture["body"], headers=capture["headers"])
+
+    assert response.status_code == 200
+    record = repo.cycle_record("p1", 1)
+    assert record.cycle.status is CycleStatus.COMPLETED
+    assert (record.summary.num_diffs, record.summary.total_samples) == (1, 3)
+    assert repo.get_process("p1").current_cycle == 2
