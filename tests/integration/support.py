@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,26 +10,11 @@ import numpy as np
 import requests
 
 from firegrid.tensors import encode_state
+from tests.common import b64, tiny_model
 
 HS256_FIXTURE = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.yYhP2xosmpuyV5aoT8mz7GFESzq3hKSy-CRWC-vYOIU"
 )
-
-
-@functools.cache
-def tiny_model() -> tuple[dict[str, np.ndarray], bytes]:
-    """A small MLP's state and its training plan (built once per test session)."""
-    import torch
-
-    from firegrid.plans import build_plan, state_of
-
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
-    return state_of(module), build_plan(module, torch.zeros(2, 8))
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def host_body(name: str = "mnist", version: str = "1.0", **server: Any) -> dict[str, Any]:

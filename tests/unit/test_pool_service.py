@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import timedelta
 from typing import Any
 
@@ -13,30 +12,18 @@ from firegrid.domain.errors import BadRequest, NotFound
 from firegrid.services import cycles, devices, hosting, pool
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
+from tests.common import State, b64, tiny_model
 from tests.fakes import make_context
-
-State = dict[str, np.ndarray]
 
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[State, bytes]:
-    """A small MLP's state and its torch.export plan, built once for this module."""
-    import torch
-
-    from firegrid.plans import build_plan, state_of
-
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
-    return state_of(module), build_plan(module, torch.zeros(2, 8))
+    return tiny_model()
 
 
 @pytest.fixture
 def ctx() -> Context:
     return make_context()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def host(ctx: Context, tiny: tuple[State, bytes], **server: Any) -> str:
