@@ -151,3 +151,11 @@ def assignment_reported_event(stack: Any, path: str) -> tuple[dict[str, str], by
         "ce-subject": f"documents/{path}",
     }
     return headers, DocumentEventData.serialize(data)
+
+
+def wait_past_deadline(api: Api, model: str = "mnist") -> None:
+    """Sleep until the current cycle's deadline has passed (the server shares our clock)."""
+    from datetime import UTC, datetime
+
+    deadline = datetime.fromisoformat(api.status(model)["current_cycle"]["deadline"])
+    time.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()) + 0.2)

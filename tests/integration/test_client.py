@@ -107,7 +107,8 @@ def test_simulator_dropouts_leave_the_cycle_to_close_at_the_deadline(
     summary = Simulator(clean_stack.base_url, "mnist", shards, config, progress=False).run()
     tally = summary.cycles[1]
     assert summary.completed
-    assert tally.dropped >= 1 and 1 <= tally.reported < 6
+    # The seed fixes who leaves, whatever the thread timing: devices 0, 2, 3 and 4 drop out.
+    assert tally.reported == 2 and tally.dropped >= 4
     status = api.status()
     assert status["status"] == "completed" and status["checkpoints"] == [1, 2]
 

@@ -7,7 +7,7 @@ from datetime import UTC
 
 import pytest
 
-from .support import Api, cycle_seq, wait_for
+from .support import Api, cycle_seq, wait_for, wait_past_deadline
 
 pytestmark = pytest.mark.integration
 
@@ -17,21 +17,13 @@ def api(clean_stack) -> Api:
     return Api(clean_stack.base_url, clean_stack.admin_token)
 
 
-def _wait_past_deadline(api: Api) -> None:
-    deadline = api.status()["current_cycle"]["deadline"]
-    from datetime import datetime
-
-    remaining = (datetime.fromisoformat(deadline) - datetime.now(UTC)).total_seconds()
-    time.sleep(max(0.0, remaining) + 0.2)
-
-
 def test_deadline_with_enough_diffs_aggregates(api: Api) -> None:
     api.host(cycle_length=2, min_diffs=1, max_diffs=5, max_workers=5)
     worker_id, accepted = api.join()
     api.join()  # a second worker that never reports
     assert api.report(worker_id, accepted["request_key"]).status_code == 200
     assert api.tick()["closed"] == []  # not yet: the deadline has not passed
-    _wait_past_deadline(api)
+    wait_past_deadline(api)
     assert api.tick()["closed"] == ["mnist:1.0#1"]
     wait_for(lambda: cycle_seq(api) == 2, what="cycle 2 to open")
     assert api.status()["checkpoints"] == [1, 2]
@@ -44,7 +36,7 @@ def test_deadline_with_too_few_diffs_resets_and_keeps_reported_work(api: Api) ->
     assert api.cycle_request(api.authenticate())["reason"] == "cycle_full"
     assert api.report(reporter, reporter_cycle["request_key"]).status_code == 200
     old_deadline = api.status()["current_cycle"]["deadline"]
-    _wait_past_deadline(api)
+    wait_past_deadline(api)
 
     assert api.tick()["reset"] == ["mnist:1.0#1"]
     current = api.status()["current_cycle"]
@@ -70,7 +62,7 @@ def test_deadline_with_too_few_diffs_resets_and_keeps_reported_work(api: Api) ->
 def test_extend_keeps_assignments(api: Api) -> None:
     api.host(cycle_length=1, min_diffs=1, max_diffs=2, max_workers=2, on_expiry="extend")
     worker_id, accepted = api.join()
-    _wait_past_deadline(api)
+    wait_past_deadline(api)
     assert api.tick()["extended"] == ["mnist:1.0#1"]
     assert api.report(worker_id, accepted["request_key"]).status_code == 200
 

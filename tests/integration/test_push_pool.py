@@ -16,6 +16,7 @@ from .support import (
     pushes,
     register_token,
     wait_for,
+    wait_past_deadline,
 )
 
 pytestmark = pytest.mark.integration
@@ -143,11 +144,11 @@ def test_completion_and_final_pushes_reach_the_right_workers_once(api: Api, clea
 
 
 def test_reset_pushes_once_to_the_dropped_assignees_and_the_pool(api: Api, clean_stack) -> None:
-    api.host(cycle_length=1.5, min_diffs=2, max_diffs=2, max_workers=3, min_workers=5)
+    api.host(cycle_length=3, min_diffs=2, max_diffs=2, max_workers=3, min_workers=5)
     tokens = _join_pool(api, 3)  # below min_workers: no invitations to muddle the picture
     idle = next(iter(tokens))
     assert api.cycle_request(idle)["status"] == "accepted"
-    time.sleep(1.7)
+    wait_past_deadline(api)
     assert api.tick()["reset"] == ["mnist:1.0#1"]
     assert api.tick()["reset"] == []
     _settle()
@@ -242,11 +243,11 @@ def test_simultaneous_rounds_never_over_invite(api: Api, clean_stack) -> None:
 
 
 def test_availability_lapses_unless_confirmed(api: Api, clean_stack) -> None:
-    api.host(min_workers=10, availability_ttl=1)
+    api.host(min_workers=10, availability_ttl=3)
     worker_id = api.authenticate()
     register_token(api, worker_id, "tok-ttl")
     assert api.status()["pool"]["available"] == 1
-    time.sleep(1.2)
+    time.sleep(3.2)
     assert api.status()["pool"]["available"] == 0
     confirm = api.device("POST", "worker-status", json={"worker_id": worker_id, "available": True})
     assert confirm.status_code == 200

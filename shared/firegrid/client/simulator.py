@@ -100,6 +100,7 @@ class SimulationSummary:
 @dataclass
 class _SimulatedDevice:
     device: Device
+    index: int
     slow: bool
     retry_at: float = 0.0
     busy: bool = False
@@ -140,6 +141,7 @@ class Simulator:
                     auth_token=tokens[i] if tokens else None,
                     seed=config.seed * 7919 + i,
                 ),
+                index=i,
                 slow=self._rng.random() < config.slow_fraction,
             )
             for i in range(config.devices)
@@ -183,14 +185,12 @@ class Simulator:
     def _due(self) -> list[tuple[_SimulatedDevice, Callable[[], CycleResult | None]]]:
         """The work to start now: devices answering pushes, or polling devices."""
         if self._inbox is None:
-            return [
-                (sim, partial(self._take_part, sim, self._rng.random())) for sim in self._ready()
-            ]
+            return [(sim, partial(self._take_part, sim)) for sim in self._ready()]
         due: list[tuple[_SimulatedDevice, Callable[[], CycleResult | None]]] = []
         for waiting in self._devices:
             if waiting.pending is not None and not waiting.busy and not waiting.done:
                 key, waiting.pending = waiting.pending or None, None
-                due.append((waiting, partial(self._take_part, waiting, self._rng.random(), key)))
+                due.append((waiting, partial(self._take_part, waiting, key)))
         for push in self._inbox.poll():
             sim = self._by_token.get(push.token)
             if sim is None or sim.done:
@@ -211,7 +211,7 @@ class Simulator:
                 due.append((sim, partial(self._confirm, sim, online)))
             elif kind in _ASK_FOR_A_CYCLE and online:
                 key = push.data.get("cycle_start_request_key") or None
-                due.append((sim, partial(self._take_part, sim, self._rng.random(), key)))
+                due.append((sim, partial(self._take_part, sim, key)))
         self._rng.shuffle(due)  # devices answer a push in no particular order
         return due
 
@@ -237,9 +237,12 @@ class Simulator:
                 device.retry_at = now + self.config.poll_s * 4  # offline for a while
         return online
 
-    def _take_part(
-        self, sim: _SimulatedDevice, draw: float, start_key: str | None = None
-    ) -> CycleResult:
+    def _drops_out(self, sim: _SimulatedDevice, cycle_id: int) -> bool:
+        """Whether this device leaves this cycle: fixed by the seed, whatever the thread timing."""
+        draw = random.Random(f"{self.config.seed}:{sim.index}:{cycle_id}").random()
+        return draw < self.config.dropout
+
+    def _take_part(self, sim: _SimulatedDevice, start_key: str | None = None) -> CycleResult:
         try:
             extra = {"cycle_start_request_key": start_key} if start_key else {}
             reply = sim.device.request(**extra)
@@ -247,7 +250,7 @@ class Simulator:
                 return reply
             return sim.device.train_and_report(
                 reply,
-                drop=draw < self.config.dropout,
+                drop=self._drops_out(sim, reply.cycle_id),
                 delay_s=self.config.slow_delay_s if sim.slow else 0.0,
             )
         except (ServerError, requests.RequestException) as error:
