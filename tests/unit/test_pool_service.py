@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from firegrid.domain.errors import BadRequest, NotFound
-from firegrid.services import cycles, devices, hosting, pool
+from firegrid.services import cycles, devices, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
 from tests.common import State, b64, tiny_model
@@ -254,7 +254,7 @@ def test_tokens_fcm_reports_unregistered_leave_the_pool(ctx, tiny) -> None:
     assert ctx.repo.get_worker(kept).fcm_token == f"tok-{kept}"
     (send,) = ctx.repo.recent_pushes(process_id)
     assert (send["recipients"], send["sent"], send["unregistered"]) == (2, 1, 1)
-    assert pool.pool_status(ctx, ctx.repo.get_process(process_id))["registered"] == 1
+    assert operator.status(ctx, {"name": "mnist"})["pool"]["registered"] == 1
 
 
 # -- lifecycle pushes ---------------------------------------------------------

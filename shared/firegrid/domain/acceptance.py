@@ -67,14 +67,19 @@ def screen(
     """The first rule the worker fails, or None if it may take a place."""
     if config.require_invitation and start_key != cycle.start_key:
         return RejectReason.NOT_INVITED
-    reuse_gap = config.do_not_reuse_workers_until_cycle
-    if last_cycle is not None and reuse_gap > 0 and cycle.seq - last_cycle < reuse_gap:
+    if not may_rejoin(config, cycle.seq, last_cycle):
         return RejectReason.NOT_REUSABLE
     if _below(speeds.download, config.minimum_download_speed) or _below(
         speeds.upload, config.minimum_upload_speed
     ):
         return RejectReason.TOO_SLOW
     return None
+
+
+def may_rejoin(config: ServerConfig, seq: int, last_cycle: int | None) -> bool:
+    """``do_not_reuse_workers_until_cycle``: cycles that must pass after a worker's last one."""
+    gap = config.do_not_reuse_workers_until_cycle
+    return last_cycle is None or gap == 0 or seq - last_cycle >= gap
 
 
 def _below(measured: float | None, minimum: float | None) -> bool:

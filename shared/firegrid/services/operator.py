@@ -30,14 +30,16 @@ def status(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
     process = _process(ctx, args)
     cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
     current = None
+    assigned = 0
     if cycle is not None:
+        assigned = ctx.repo.count_assigned(process.id, cycle.seq)
         current = {
             "seq": cycle.seq,
             "status": cycle.status.value,
             "epoch": cycle.epoch,
             "opened_at": cycle.opened_at.isoformat(),
             "deadline": cycle.deadline.isoformat() if cycle.deadline else None,
-            "assigned": ctx.repo.count_assigned(process.id, cycle.seq),
+            "assigned": assigned,
             "reported": ctx.repo.count_reported(process.id, cycle.seq),
         }
     return {
@@ -48,7 +50,7 @@ def status(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
         "current_cycle": current,
         "latest_checkpoint": process.latest_checkpoint,
         "checkpoints": list(range(1, process.latest_checkpoint + 1)),
-        "pool": pool.pool_status(ctx, process),
+        "pool": pool.pool_status(ctx, process, cycle, assigned),
         "server_config": process.server_config.to_dict() | {"authentication": "(hidden)"},
     }
 

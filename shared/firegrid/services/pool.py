@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from firegrid.domain.acceptance import may_rejoin
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.errors import BadRequest, NotFound
 from firegrid.domain.model import Process, Worker
@@ -111,7 +112,9 @@ def _invitation_round(ctx: Context, process: Process, cycle: Cycle) -> list[str]
     pool = {
         w.id: w
         for w in ctx.repo.process_workers(process.id, available_only=True)
-        if w.in_pool(now) and w.id not in taken and _reusable(w, cycle, process)
+        if w.in_pool(now)
+        and w.id not in taken
+        and may_rejoin(process.server_config, cycle.seq, w.last_cycle)
     }
     candidates = [
         Candidate(worker_id=w.id, last_invited_at=w.last_invited_at) for w in pool.values()
@@ -142,11 +145,6 @@ def _round_key(cycle: Cycle, invited: list[str]) -> str:
     """One push per invitation round: rounds of a cycle invite disjoint sets of workers."""
     digest = hashlib.sha256("\n".join(sorted(invited)).encode()).hexdigest()[:16]
     return f"{PushType.REQUEST_FOR_CYCLE}-{cycle.seq}-{cycle.epoch}-{digest}"
-
-
-def _reusable(worker: Worker, cycle: Cycle, process: Process) -> bool:
-    gap = process.server_config.do_not_reuse_workers_until_cycle
-    return worker.last_cycle is None or gap == 0 or cycle.seq - worker.last_cycle >= gap
 
 
 def push(
@@ -204,7 +202,11 @@ def after_cycle_completed(ctx: Context, process_id: str, seq: int) -> None:
     if next_cycle is None:
         return
     now = ctx.clock.now()
-    pool = [w for w in workers if w.in_pool(now) and _reusable(w, next_cycle, process)]
+    pool = [
+        w
+        for w in workers
+        if w.in_pool(now) and may_rejoin(process.server_config, next_cycle.seq, w.last_cycle)
+    ]
     push(
         ctx, process, PushType.CYCLE_COMPLETED, pool,
         cycle=next_cycle, key=f"cycle_completed-{seq}", with_start_key=False,
@@ -261,16 +263,17 @@ def operator_push(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     return {"status": "success", "push": _wire(result or {})}
 
 
-def pool_status(ctx: Context, process: Process) -> dict[str, Any]:
+def pool_status(
+    ctx: Context, process: Process, cycle: Cycle | None, assigned: int
+) -> dict[str, Any]:
+    """The pool of a process; ``cycle`` and its ``assigned`` count come from the caller."""
     now = ctx.clock.now()
     workers = ctx.repo.process_workers(process.id)
-    invited = assigned = 0
-    cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
+    invited = 0
     if cycle is not None:
         invited = sum(
             1 for e in ctx.repo.invitations(process.id, cycle.seq).values() if e == cycle.epoch
         )
-        assigned = ctx.repo.count_assigned(process.id, cycle.seq)
     return {
         "registered": sum(1 for w in workers if w.fcm_token),
         "workers": len(workers),
