@@ -227,10 +227,6 @@ class FakeRepository:
         with self._lock:
             return self.workers.get(worker_id)
 
-    def count_workers(self, process_id: str) -> int:
-        with self._lock:
-            return sum(1 for w in self.workers.values() if w.process_id == process_id)
-
     def process_workers(self, process_id: str, *, available_only: bool = False) -> list[Worker]:
         with self._lock:
             return [

@@ -169,12 +169,6 @@ class FirestoreRepository:
                 batch.update(self._worker_ref(worker_id), {"last_invited_at": now})
             batch.commit()
 
-    def count_workers(self, process_id: str) -> int:
-        query = self._db.collection("workers").where(
-            filter=FieldFilter("process_id", "==", process_id)
-        )
-        return _count(query)
-
     # -- cycles -----------------------------------------------------------
     def get_cycle(self, process_id: str, seq: int) -> Cycle | None:
         snap = self._cycle_ref(process_id, seq).get()
