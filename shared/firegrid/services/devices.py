@@ -18,7 +18,7 @@ from firegrid.domain.keys import KeyScope, issue_request_key, stable_id, verify_
 from firegrid.domain.model import Assignment, Process, Redirect, Worker
 from firegrid.services import _fields as fields
 from firegrid.services.context import Context
-from firegrid.tensors import decode_state
+from firegrid.tensors import decode_state, encode_state
 
 AUTH_REQUIRED = "Authentication is required, please pass an 'auth_token'."
 SIGNED_URL_TTL = timedelta(minutes=15)
@@ -245,8 +245,6 @@ def report(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
         clip=config.clip_diffs,
     )
     if config.clip_diffs:
-        from firegrid.tensors import encode_state
-
         diff_bytes = encode_state(diff)
     digest = hashlib.sha256(diff_bytes).hexdigest()
     name = blobs.diff_object(
