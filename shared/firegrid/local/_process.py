@@ -32,13 +32,17 @@ def free_port() -> int:
         return port
 
 
+_DETACHED: list[subprocess.Popen[bytes]] = []
+"""Servers meant to outlive their Popen handle: kept so collecting it never warns mid-run."""
+
+
 def spawn(
     name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` detached, with stdout and stderr in ``<log_dir>/<name>.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{name}.log", "wb") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -46,6 +50,8 @@ def spawn(
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )
+    _DETACHED.append(process)
+    return process
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
