@@ -45,7 +45,7 @@ def _write_diffs(
 def _streaming(model: dict[str, np.ndarray], paths: list[Path]) -> dict[str, np.ndarray]:
     def contributions() -> Iterator[Contribution]:
         for k, path in enumerate(paths):
-            yield Contribution(diff=decode_state(path.read_bytes()), num_samples=k + 1)
+            yield Contribution(diff=decode_state(path.read_bytes()), weight=k + 1)
 
     return aggregate(model, contributions())[0]
 

@@ -14,7 +14,6 @@ from cloudevents.http import CloudEvent
 
 from firegrid import web
 from firegrid.adapters.events import decode_change
-from firegrid.domain.errors import BadRequest
 from firegrid.services import cycles, devices, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.wiring import context
@@ -23,15 +22,8 @@ logging.basicConfig(level=os.environ.get("FIREGRID_LOG_LEVEL", "INFO"))
 log = logging.getLogger("firegrid.functions")
 
 
-def _speed_test_sample(ctx: Context, request: flask.Request) -> web.Reply:
-    if "worker_id" not in request.args or "random" not in request.args:
-        raise BadRequest("'worker_id' and 'random' are required", "missing_field")
-    if request.args.get("is_ping") in ("1", "true", "True"):
-        return {}
-    return web.binary(os.urandom(ctx.settings.speed_test_bytes))
-
-
 def _speed_test_upload(ctx: Context, request: flask.Request) -> web.Reply:
+    devices.admit_speed_test(ctx, web.query_args(request))
     request.get_data(cache=False)  # the upload itself is what the device times
     return {}
 
@@ -49,7 +41,7 @@ DEVICE_ROUTES: web.Routes = {
     ("POST", "/cycle-request"): _json(devices.request_cycle),
     ("GET", "/get-model"): _query(devices.get_model),
     ("GET", "/get-plan"): _query(devices.get_plan),
-    ("GET", "/speed-test"): _speed_test_sample,
+    ("GET", "/speed-test"): _query(devices.speed_test),
     ("POST", "/speed-test"): _speed_test_upload,
     ("POST", "/report"): _json(devices.report),
     ("POST", "/report-upload-url"): _json(devices.report_upload_url),
@@ -83,7 +75,7 @@ ADMIN_ROUTES: web.Routes = {
 
 
 def _admin_guard(ctx: Context, request: flask.Request) -> None:
-    web.require_bearer(request, ctx.settings.admin_token)
+    web.require_admin(request, ctx.settings)
 
 
 @functions_framework.http

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from firegrid.adapters.auth import JwtVerifier
 from firegrid.domain.config import AuthConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.errors import Conflict, NotFound, Unauthorized
@@ -48,6 +49,9 @@ class FakeVerifier:
 
     def __init__(self) -> None:
         self.checked: list[str] = []
+
+    def check(self, auth: AuthConfig) -> None:
+        JwtVerifier().check(auth)  # pure: parses the key, checks the endpoint URL
 
     def subject(self, token: str, auth: AuthConfig) -> str:
         self.checked.append(token)
@@ -106,6 +110,8 @@ class FakeBlobStore:
         self.writes: list[str] = []
         self.signed: list[tuple[str, str]] = []
         """(method, name) of every signed URL handed out."""
+        self.signed_headers: dict[str, Mapping[str, str]] = {}
+        """The headers each signed URL (by object name) requires."""
         self._lock = threading.Lock()
 
     def put(self, name: str, data: bytes, *, if_absent: bool = False) -> bool:
@@ -134,9 +140,17 @@ class FakeBlobStore:
             for name in [n for n in self.objects if n.startswith(prefix)]:
                 del self.objects[name]
 
-    def signed_url(self, name: str, *, method: str, expires_in: timedelta) -> str:
+    def signed_url(
+        self,
+        name: str,
+        *,
+        method: str,
+        expires_in: timedelta,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
         with self._lock:
             self.signed.append((method, name))
+            self.signed_headers[name] = dict(headers or {})
         return f"{self.URL_BASE}{name}?method={method}&expires={int(expires_in.total_seconds())}"
 
 
@@ -482,13 +496,13 @@ class FakeRepository:
         with self._lock:
             stored = self.metrics.setdefault(process_id, {})
             for row in rows:
-                stored[f"{row['worker_id']}-{row['cycle_id']}-{row.get('set', 'test')}"] = dict(row)
+                stored[f"{row['client_id']}-{row['cycle_id']}-{row.get('set', 'test')}"] = dict(row)
             return len(rows)
 
     def list_metrics(self, process_id: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = [dict(r) for r in self.metrics.get(process_id, {}).values()]
-            return sorted(rows, key=lambda r: (r["cycle_id"], r["worker_id"]))
+            return sorted(rows, key=lambda r: (r["cycle_id"], r["client_id"]))
 
     # -- pushes -----------------------------------------------------------
     def claim_push(self, process_id: str, key: str, record: Mapping[str, Any]) -> bool:
@@ -512,7 +526,8 @@ class FakeRepository:
 
 def fake_settings(**overrides: Any) -> Settings:
     """The settings every fast test runs with (override any field)."""
-    return Settings(project_id="demo-test", bucket="b", admin_token="tok", **overrides)
+    defaults: dict[str, Any] = {"project_id": "demo-test", "bucket": "b", "admin_token": "tok"}
+    return Settings(**(defaults | overrides))
 
 
 def make_context(**overrides: Any) -> Context:

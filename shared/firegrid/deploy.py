@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from firegrid.manifest import FUNCTIONS, FunctionSpec
+from firegrid.settings import ADMIN_AUTH_ENV, BUCKET_ENV, PROJECT_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = "python311"
@@ -77,12 +78,15 @@ def stage(out: Path) -> Path:
 
 
 def function_command(spec: FunctionSpec, target: Target, source: Path) -> list[str]:
+    env = {PROJECT_ENV: target.project, BUCKET_ENV: target.bucket}
+    if spec.name in PRIVATE_FUNCTIONS:
+        env[ADMIN_AUTH_ENV] = "iam"  # the admin API answers nobody unless IAM guards it
     command = [
         "gcloud", "functions", "deploy", spec.name,
         "--gen2", f"--runtime={RUNTIME}", f"--region={target.region}",
         f"--project={target.project}", f"--source={source}", f"--entry-point={spec.target}",
         f"--service-account={target.service_account}",
-        f"--set-env-vars=GOOGLE_CLOUD_PROJECT={target.project},FIREGRID_BUCKET={target.bucket}",
+        f"--set-env-vars={','.join(f'{k}={v}' for k, v in env.items())}",
         "--memory=2GiB",
     ]  # fmt: skip
     if spec.trigger is None:

@@ -17,8 +17,13 @@ class Clock(Protocol):
 
 
 class TokenVerifier(Protocol):
+    def check(self, auth: AuthConfig) -> None:
+        """Refuse (``BadRequest``) a configuration no token could pass: an unparsable key..."""
+        ...
+
     def subject(self, token: str, auth: AuthConfig) -> str:
-        """The token's stable subject; ``Unauthorized`` if the token is not valid."""
+        """The token's stable subject; ``Unauthorized`` if the token is not valid,
+        ``Unavailable`` if whoever decides could not be asked."""
         ...
 
 
@@ -35,8 +40,16 @@ class BlobStore(Protocol):
 
     def delete_prefix(self, prefix: str) -> None: ...
 
-    def signed_url(self, name: str, *, method: str, expires_in: timedelta) -> str:
-        """A short-lived URL to GET or PUT one object without other credentials."""
+    def signed_url(
+        self,
+        name: str,
+        *,
+        method: str,
+        expires_in: timedelta,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """A short-lived URL to GET or PUT one object without other credentials; the
+        request must carry ``headers`` (signed with the URL, e.g. a content-length range)."""
         ...
 
 

@@ -18,8 +18,15 @@ INLINE_LIMIT_ENV = "FIREGRID_INLINE_LIMIT_BYTES"
 SPEED_TEST_ENV = "FIREGRID_SPEED_TEST_BYTES"
 FCM_URL_ENV = "FIREGRID_FCM_URL"
 """Base URL of a local FCM endpoint (``http://127.0.0.1:P``); unset in production."""
+ADMIN_AUTH_ENV = "FIREGRID_ADMIN_AUTH"
+"""``iam``: the admin and tick functions sit behind IAM (the deploy sets it)."""
+LOCAL_STACK_ENV = "FIREGRID_LOCAL_STACK"
+"""Set by the local stack: plain-http third-party auth endpoints are allowed there only."""
 SEED_ENV = "FIREGRID_SEED"
 """Seeds worker sampling (reproducible invitation draws); unset = fresh randomness."""
+
+
+MAX_SPEED_TEST_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +37,11 @@ class Settings:
     """Cloud Storage bucket for checkpoints, plans and diffs."""
     admin_token: str | None
     """Bearer token the ``admin`` function requires; None in production (IAM guards it)."""
+    admin_iam: bool = False
+    """The admin and tick functions are deployed behind IAM; with neither this nor a token,
+    every admin call is refused."""
+    local_stack: bool = False
+    """Running in the local emulator stack (allows http:// auth endpoints on loopback)."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body accepted (Cloud Functions' own limit is 32 MiB)."""
     inline_limit_bytes: int = 16 * 1024 * 1024
@@ -37,18 +49,23 @@ class Settings:
     max_upload_bytes: int = 1024 * 1024 * 1024
     """Largest diff accepted through ``report-upload-url``."""
     speed_test_bytes: int = 1024 * 1024
-    """Size of the download sample served by ``speed-test``."""
+    """Size of the download sample served by ``speed-test`` (at most ``MAX_SPEED_TEST_BYTES``)."""
     seed: int | None = None
     """Seed of the worker-sampling generator (``FIREGRID_SEED``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
         project_id = os.environ.get(PROJECT_ENV, "demo-firegrid")
+        speed_test_bytes = int(os.environ.get(SPEED_TEST_ENV, 1024 * 1024))
+        if not 0 < speed_test_bytes <= MAX_SPEED_TEST_BYTES:
+            raise ValueError(f"{SPEED_TEST_ENV} must be between 1 and {MAX_SPEED_TEST_BYTES}")
         return cls(
             project_id=project_id,
             bucket=os.environ.get(BUCKET_ENV, f"{project_id}-firegrid"),
             admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
+            admin_iam=os.environ.get(ADMIN_AUTH_ENV) == "iam",
+            local_stack=os.environ.get(LOCAL_STACK_ENV) == "1",
             inline_limit_bytes=int(os.environ.get(INLINE_LIMIT_ENV, 16 * 1024 * 1024)),
-            speed_test_bytes=int(os.environ.get(SPEED_TEST_ENV, 1024 * 1024)),
+            speed_test_bytes=speed_test_bytes,
             seed=int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else None,
         )

@@ -23,8 +23,10 @@ from firegrid.domain.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from firegrid.domain.fields import check_storable
 from firegrid.domain.model import Redirect
 from firegrid.services.context import Context
+from firegrid.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,21 @@ Handler = Callable[[Context, flask.Request], Reply]
 Routes = Mapping[tuple[str, str], Handler]
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def json_body(request: flask.Request) -> dict[str, Any]:
+    """The body as a JSON object: strict JSON (no NaN or Infinity), nested at most so deep."""
     try:
-        body = json.loads(request.get_data(cache=True) or b"")
+        body = json.loads(request.get_data(cache=True) or b"", parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("The request body is not valid JSON", "bad_json") from None
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply", "bad_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object", "bad_json")
+    check_storable(body, "The request body")
     return body
 
 
@@ -77,14 +87,26 @@ def error_response(error: FireGridError) -> flask.Response:
     return response
 
 
-def require_bearer(request: flask.Request, expected: str | None) -> None:
-    """Locally the admin API is guarded by a bearer token; in production by IAM."""
-    if expected is None:
-        return
+def require_admin(request: flask.Request, settings: Settings) -> None:
+    """The admin API never fails open: a bearer token it knows (the local stack's), or
+    IAM in front of it (the platform checked the caller's identity token); with neither
+    configured, every call is refused."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise Unauthorized("A valid admin bearer token is required", "admin_auth_required")
+    if settings.admin_token is not None:
+        expected = settings.admin_token.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+            raise Unauthorized("A valid admin bearer token is required", "admin_auth_required")
+        return
+    if settings.admin_iam:
+        if scheme.lower() != "bearer" or not token:  # IAM passes the verified caller's token on
+            raise Unauthorized("An identity token is required", "admin_auth_required")
+        return
+    raise Unauthorized(
+        "The admin API has no credentials configured: set FIREGRID_ADMIN_TOKEN, or deploy "
+        "it behind IAM with FIREGRID_ADMIN_AUTH=iam",
+        "admin_auth_unconfigured",
+    )
 
 
 def dispatch(
@@ -111,6 +133,7 @@ def dispatch(
         return _to_response(handler(ctx, request))
     except FireGridError as error:
         return error_response(error)
+
     except Exception:
         log.exception("unhandled error on %s %s", request.method, path)
         return error_response(FireGridError("Internal error", "internal"))

@@ -29,7 +29,7 @@ def context() -> Context:
             settings.bucket,
             emulator_host=os.environ.get(STORAGE_EMULATOR_ENV) or None,
         ),
-        verifier=JwtVerifier(),
+        verifier=JwtVerifier(allow_http_endpoint=settings.local_stack),
         clock=SystemClock(),
         settings=settings,
         notifier=FcmNotifier(),

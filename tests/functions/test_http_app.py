@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 import firegrid.wiring
 from firegrid.domain import blobs
 from firegrid.domain.cycle import CycleStatus
+from firegrid.domain.keys import pseudonym
 from firegrid.domain.model import Assignment
 from firegrid.services import hosting
 from firegrid.services.context import Context
@@ -102,6 +103,22 @@ def golden(name: str) -> tuple[dict[str, str], bytes]:
     return headers, (REQUESTS / f"{name}.pb").read_bytes()
 
 
+def golden_at(name: str, worker_id: str) -> tuple[dict[str, str], bytes]:
+    """A golden assignment event moved to ``worker_id``'s document (worker ids are derived
+    from a per-process secret, so a live test cannot reproduce the captured one)."""
+    from google.events.cloud.firestore import DocumentEventData
+
+    headers, data = golden(name)
+    old_path = headers["ce-document"]
+    new_path = old_path.rsplit("/", 1)[0] + "/" + worker_id
+    event = DocumentEventData.deserialize(data)
+    for document in (event.old_value, event.value):
+        if document.name:
+            document.name = document.name.replace(old_path, new_path)
+    moved = {k: v.replace(old_path, new_path) for k, v in headers.items()}
+    return moved, DocumentEventData.serialize(event)
+
+
 # -- wiring -------------------------------------------------------------------
 
 
@@ -137,6 +154,26 @@ def test_a_body_that_is_not_a_json_object_is_400_bad_json(app, data) -> None:
 
     assert response.status_code == 400
     assert response.json["code"] == "bad_json"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # a RecursionError: was a 500
+        (b'{"a":' * 30 + b"1" + b"}" * 30, "nested too deeply"),
+        (b'{"model_name": NaN}', "not valid JSON"),
+        (b'{"model_name": Infinity}', "not valid JSON"),
+        (b'{"ping": 1' + b"0" * 5000 + b"}", "not valid JSON"),  # beyond int() digit limits
+        (b'{"model_name": "m", "x": 18446744073709551616}', "'x' is an integer outside"),
+    ],
+)
+def test_hostile_json_is_a_400_not_a_500(app, data, message) -> None:
+    response = app("model_centric").post(
+        "/authenticate", data=data, content_type="application/json"
+    )
+
+    assert response.status_code == 400, response.json
+    assert message in response.json["error"]
 
 
 def test_an_unknown_path_is_404_not_found(app) -> None:
@@ -194,6 +231,26 @@ def test_admin_and_tick_need_the_bearer_token(app, headers) -> None:
         assert response.json["code"] == "admin_auth_required"
 
 
+@pytest.mark.parametrize("headers", [{}, ADMIN, {"Authorization": "Bearer anything"}])
+def test_without_a_token_or_iam_the_admin_api_refuses_everything(monkeypatch, app, headers):
+    """Never fail open: no admin token and no IAM declared means no admin access at all."""
+    use(monkeypatch, make_context(settings=fake_settings(admin_token=None)))
+    for client, path in ((app("admin"), "/tick"), (app("tick"), "/")):
+        response = client.post(path, headers=headers)
+
+        assert response.status_code == 401
+        assert response.json["code"] == "admin_auth_unconfigured"
+
+
+def test_behind_iam_the_admin_api_needs_the_forwarded_identity_token(monkeypatch, app) -> None:
+    use(monkeypatch, make_context(settings=fake_settings(admin_token=None, admin_iam=True)))
+    # Cloud Run forwards the verified token with its signature stripped.
+    forwarded = {"Authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.SIGNATURE_REMOVED_BY_GOOGLE"}
+    for client, path in ((app("admin"), "/tick"), (app("tick"), "/")):
+        assert client.post(path).status_code == 401
+        assert client.post(path, headers=forwarded).status_code == 200
+
+
 def test_with_the_bearer_token_admin_and_tick_answer(app) -> None:
     status = app("admin").get("/status?name=mnist", headers=ADMIN)
     tick = app("tick").post("/", headers=ADMIN)
@@ -237,8 +294,9 @@ def test_the_pygrid_fork_aliases_reach_the_same_services(ctx, app, tiny) -> None
     assert csv.mimetype == "text/csv"
     assert csv.data.decode().splitlines() == [
         "client_id,round_number,hierarchy,num_samples,set,accuracy,loss",
-        f"{worker_id},1,,10,test,0.5,1.2",
+        f"{pseudonym(worker_id)},1,,10,test,0.5,1.2",
     ]
+    assert worker_id not in csv.data.decode()  # operators see pseudonyms, not credentials
 
 
 # -- downloads ----------------------------------------------------------------
@@ -331,8 +389,8 @@ def test_a_reported_assignment_event_closes_the_full_cycle_once(ctx, app, tiny) 
     assert reported.json == {"status": "success"}
     assert ctx.repo.get_cycle(process_id, 1).status is CycleStatus.OPEN  # the trigger closes it
     trigger = app("on_assignment_written")
-    created_headers, created = golden("assignment_created")
-    reported_headers, reported_event = golden("assignment_reported")
+    created_headers, created = golden_at("assignment_created", worker_id)
+    reported_headers, reported_event = golden_at("assignment_reported", worker_id)
     assert reported_headers["ce-subject"].endswith(
         f"processes/{process_id}/cycles/1/assignments/{worker_id}"
     )

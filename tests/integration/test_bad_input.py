@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import numpy as np
 import pytest
 
+from firegrid.domain.keys import pseudonym
 from firegrid.tensors import encode_state
 
 from .support import Api, b64, cycle_seq, host_body, small_diff, wait_for
@@ -77,7 +77,7 @@ def test_bad_device_requests_then_the_cycle_still_completes(api: Api) -> None:
     _expect(api.device("POST", "authenticate", json=["a"]), 400, "bad_json")
     _expect(api.device("POST", "cycle-request", json={"model": "mnist"}), 400, "missing_field")
     _expect(
-        api.device("POST", "cycle-request", json={"worker_id": "nobody", "model": "mnist"}), 404
+        api.device("POST", "cycle-request", json={"worker_id": "nobody", "model": "mnist"}), 401
     )
     _expect(
         api.device(
@@ -225,7 +225,7 @@ def test_metrics_round_trip_as_json_and_leaf_csv(api: Api) -> None:
     rows = api.admin("GET", "training-metrics", params={"name": "mnist"}).json()["metrics"]
     assert rows == [
         {
-            "worker_id": worker_id,
+            "client_id": pseudonym(worker_id),
             "cycle_id": 1,
             "accuracy": 0.75,
             "loss": 0.5,
@@ -237,13 +237,20 @@ def test_metrics_round_trip_as_json_and_leaf_csv(api: Api) -> None:
         "GET", "training-metrics", params={"name": "mnist", "format": "csv"}
     ).text.splitlines()
     assert csv[0] == "client_id,round_number,hierarchy,num_samples,set,accuracy,loss"
-    assert csv[1] == f"{worker_id},1,,40,test,0.75,0.5"
+    assert csv[1] == f"{pseudonym(worker_id)},1,,40,test,0.75,0.5"
 
 
-def test_speed_test_serves_a_bounded_sample(api: Api) -> None:
-    sample = api.device("GET", "speed-test", params={"worker_id": "w", "random": "1"})
-    assert sample.status_code == 200 and 0 < len(sample.content) <= 8 * 1024 * 1024
-    ping = api.device("GET", "speed-test", params={"worker_id": "w", "random": "1", "is_ping": "1"})
+def test_speed_test_serves_a_bounded_sample_to_known_workers(api: Api) -> None:
+    api.host()
+    worker_id = api.authenticate()
+    query = {"worker_id": worker_id, "random": "1"}
+    sample = api.device("GET", "speed-test", params=query)
+    assert sample.status_code == 200 and 0 < len(sample.content) <= 16 * 1024 * 1024
+    ping = api.device("GET", "speed-test", params=query | {"is_ping": "1"})
     assert ping.json() == {}
-    upload = api.device("POST", "speed-test", data=base64.b64encode(b"x" * 1024))
+    upload = api.device("POST", "speed-test", params=query, data=b"x" * 1024)
     assert upload.json() == {}
+    for params in ({"worker_id": "w", "random": "1"}, {"worker_id": "f" * 32, "random": "1"}):
+        _expect(api.device("GET", "speed-test", params=params), 401, "unknown_worker")
+        _expect(api.device("POST", "speed-test", params=params, data=b"x"), 401, "unknown_worker")
+    _expect(api.device("GET", "speed-test", params={"worker_id": worker_id}), 400, "missing_field")

@@ -192,7 +192,7 @@ def test_worker_status_and_profile(api: Api, clean_stack) -> None:
     missing = api.device("POST", "save-fcm-token", json={"worker_id": worker_id})
     assert missing.status_code == 400 and missing.json()["error"] == "'fcm_token' is required"
     unknown = api.device("POST", "register-token", json={"worker_id": "nobody", "fcm_token": "t"})
-    assert unknown.status_code == 404
+    assert unknown.status_code == 401
 
 
 def test_a_token_belongs_to_one_worker(api: Api, clean_stack) -> None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from firegrid.domain.aggregation import AggregationError, Contribution, aggregate
+from firegrid.domain.aggregation import AggregationError, Contribution, aggregate, fedavg_weights
 
 
 def _random_model(rng: np.random.Generator, dtype: str = "float64") -> dict[str, np.ndarray]:
@@ -21,7 +21,7 @@ def test_fedavg_equals_leaf_full_weight_formula(seed: int) -> None:
     diffs = [{k: old[k] - w[k] for k in old} for w in trained]
 
     new, count = aggregate(
-        old, (Contribution(diff=d, num_samples=n) for d, n in zip(diffs, samples, strict=True))
+        old, (Contribution(diff=d, weight=n) for d, n in zip(diffs, samples, strict=True))
     )
 
     total = sum(samples)
@@ -37,7 +37,7 @@ def test_fedavg_keeps_float32_within_tolerance() -> None:
     trained = [_random_model(rng, "float32") for _ in range(20)]
     samples = [int(n) for n in rng.integers(1, 1000, size=20)]
     contributions = [
-        Contribution(diff={k: old[k] - w[k] for k in old}, num_samples=n)
+        Contribution(diff={k: old[k] - w[k] for k in old}, weight=n)
         for w, n in zip(trained, samples, strict=True)
     ]
     new, _ = aggregate(old, contributions)
@@ -52,7 +52,7 @@ def test_mean_ignores_sample_counts_like_pygrid() -> None:
     diffs = [{"w": np.array([1.0, 2.0, 3.0])}, {"w": np.array([3.0, 2.0, 1.0])}]
     new, _ = aggregate(
         old,
-        [Contribution(diff=d, num_samples=n) for d, n in zip(diffs, [1, 99], strict=True)],
+        [Contribution(diff=d, weight=n) for d, n in zip(diffs, [1, 99], strict=True)],
         method="mean",
     )
     np.testing.assert_allclose(new["w"], [-2.0, -2.0, -2.0])
@@ -60,14 +60,14 @@ def test_mean_ignores_sample_counts_like_pygrid() -> None:
 
 def test_server_lr_scales_the_step() -> None:
     old = {"w": np.ones(2)}
-    new, _ = aggregate(old, [Contribution(diff={"w": np.ones(2)}, num_samples=3)], server_lr=0.5)
+    new, _ = aggregate(old, [Contribution(diff={"w": np.ones(2)}, weight=3)], server_lr=0.5)
     np.testing.assert_allclose(new["w"], [0.5, 0.5])
 
 
 def test_median_and_trimmed_mean_resist_an_outlier() -> None:
     old = {"w": np.zeros(1)}
     values = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.0, 1.0, 1000.0]
-    contributions = [Contribution(diff={"w": np.array([v])}, num_samples=1) for v in values]
+    contributions = [Contribution(diff={"w": np.array([v])}, weight=1) for v in values]
     median, _ = aggregate(old, contributions, method="median")
     trimmed, _ = aggregate(old, contributions, method="trimmed_mean", trim_fraction=0.1)
     assert abs(median["w"][0] + 1.0) < 0.05
@@ -77,9 +77,9 @@ def test_median_and_trimmed_mean_resist_an_outlier() -> None:
 def test_mismatched_keys_and_shapes_fail_loudly() -> None:
     old = {"w": np.zeros(2)}
     with pytest.raises(AggregationError, match="missing"):
-        aggregate(old, [Contribution(diff={"v": np.zeros(2)}, num_samples=1)])
+        aggregate(old, [Contribution(diff={"v": np.zeros(2)}, weight=1)])
     with pytest.raises(AggregationError, match="shape"):
-        aggregate(old, [Contribution(diff={"w": np.zeros(3)}, num_samples=1)])
+        aggregate(old, [Contribution(diff={"w": np.zeros(3)}, weight=1)])
     with pytest.raises(AggregationError, match="no diffs"):
         aggregate(old, [])
 
@@ -102,7 +102,45 @@ def test_streaming_reads_one_diff_at_a_time() -> None:
 
     def diffs():
         for _ in range(50):
-            yield Contribution(diff=Tracked({"w": np.ones(4)}), num_samples=2)
+            yield Contribution(diff=Tracked({"w": np.ones(4)}), weight=2)
 
     aggregate({"w": np.zeros(4)}, diffs())
     assert peak <= 2
+
+
+def test_fedavg_weights_are_the_counts_without_a_cap() -> None:
+    assert fedavg_weights([3, 1, 2**62]) == [3.0, 1.0, float(2**62)]
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.25, 0.5, 0.9])
+def test_no_report_weighs_more_than_the_cap(fraction: float) -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        counts = [int(c) for c in rng.integers(1, 10**6, size=int(rng.integers(1, 40)))]
+        counts[0] = 10**12  # one device claims a huge count
+        weights = fedavg_weights(counts, fraction)
+        total = sum(weights)
+        if len(counts) * fraction < 1:  # the cap cannot hold: everyone weighs the same
+            assert weights == [1.0] * len(counts)
+            continue
+        assert max(weights) <= fraction * total * (1 + 1e-9)
+        # Reports below the level keep their counts; capped ones share one level.
+        level = max(weights)
+        for count, weight in zip(counts, weights, strict=True):
+            assert weight == count or weight == pytest.approx(level)
+
+
+def test_the_cap_changes_nothing_when_no_report_exceeds_it() -> None:
+    assert fedavg_weights([10, 10, 10, 10], 0.25) == [10.0] * 4
+    assert fedavg_weights([1, 2, 3], 1.0) == [1.0, 2.0, 3.0]
+
+
+def test_one_huge_count_no_longer_owns_the_average() -> None:
+    old = {"w": np.zeros(1)}
+    honest = [Contribution(diff={"w": np.array([1.0])}, weight=w) for w in (10.0, 10.0, 10.0)]
+    counts = [10, 10, 10, 10**9]
+    weights = fedavg_weights(counts, 0.5)
+    hostile = Contribution(diff={"w": np.array([-100.0])}, weight=weights[-1])
+    new, _ = aggregate(old, [*honest, hostile])
+    # Capped at half the weight: the average is (1 + -100) / 2 instead of -100.
+    assert new["w"][0] == pytest.approx(-(1.0 - 100.0) / 2)

@@ -28,7 +28,7 @@ def test_a_minimum_speed_requires_the_speed_test() -> None:
         ({"max_diff": 3}, "unknown server_config keys: max_diff"),
         ({"num_cycles": "5"}, "'num_cycles' must be an integer"),
         ({"num_cycles": True}, "'num_cycles' must be an integer"),
-        ({"cycle_length": -1}, "'cycle_length' must be >= 0"),
+        ({"cycle_length": -1}, "'cycle_length' must not be negative"),
         ({"cycle_length": None, "max_diffs": None}, "a cycle needs a way to close"),
         ({"min_diffs": 3}, "'min_diffs' must not exceed 'max_diffs'"),
         ({"max_workers": 1}, "'max_diffs' must not exceed 'max_workers'"),

@@ -19,6 +19,9 @@ def test_every_function_is_deployed_with_its_trigger(tmp_path: Path) -> None:
     assert "--allow-unauthenticated" in deployed["model-centric"]
     assert "--no-allow-unauthenticated" in deployed["admin"]
     assert "--no-allow-unauthenticated" in deployed["tick"]
+    for name in ("admin", "tick"):  # the admin API refuses everyone unless IAM guards it
+        assert any("FIREGRID_ADMIN_AUTH=iam" in arg for arg in deployed[name])
+    assert not any("FIREGRID_ADMIN_AUTH" in arg for arg in deployed["model-centric"])
     assignment = deployed["on-assignment-written"]
     assert (
         "--trigger-event-filters-path-pattern=document="

@@ -1,9 +1,20 @@
+import json
+import struct
+
 import numpy as np
 import pytest
 
-from firegrid.domain.diffs import InvalidDiff, schema_of, validate_diff
+from firegrid.domain.diffs import InvalidDiff, max_file_bytes, schema_of, validate_diff
 from firegrid.domain.errors import BadRequest, Unauthorized
-from firegrid.domain.keys import KeyScope, issue_request_key, verify_request_key
+from firegrid.domain.keys import (
+    WORKER_ID,
+    KeyScope,
+    derive_worker_id,
+    issue_request_key,
+    pseudonym,
+    redact,
+    verify_request_key,
+)
 from firegrid.tensors import decode_state, encode_state
 
 
@@ -59,3 +70,56 @@ def test_safetensors_codec_round_trips_and_refuses_garbage() -> None:
     assert set(decoded) == set(MODEL)
     with pytest.raises(BadRequest, match="not a valid safetensors file"):
         decode_state(b"\x00" * 16)
+
+
+@pytest.mark.parametrize("seq", ["²", "\u0661", "1" * 19, " 1", "+1"])
+def test_request_keys_with_unusual_digits_are_forged_not_errors(seq: str) -> None:
+    key = issue_request_key("secret", "p", "w", KeyScope(1, 0))
+    forged = seq + key[1:]
+    with pytest.raises(Unauthorized, match="Invalid request key!"):
+        verify_request_key("secret", "p", "w", forged)
+
+
+def test_worker_ids_need_the_process_secret() -> None:
+    one = derive_worker_id("secret-1", "p", "sub:alice")
+    assert one == derive_worker_id("secret-1", "p", "sub:alice")  # stable within a process
+    assert WORKER_ID.fullmatch(one)
+    assert one != derive_worker_id("secret-2", "p", "sub:alice")  # public data is not enough
+    assert one != derive_worker_id("secret-1", "q", "sub:alice")
+    assert one != derive_worker_id("secret-1", "p", "sub:bob")
+    assert pseudonym(one) != one and len(pseudonym(one)) == 16
+    assert redact(one) == one[:6] + "…"
+
+
+def _raw_safetensors(dtype: str, shape: list[int], nbytes: int) -> bytes:
+    header = json.dumps({"w": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}})
+    return struct.pack("<Q", len(header)) + header.encode() + b"\0" * nbytes
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F8_E4M3", "U16", "U32", "C64", None])
+def test_unsupported_dtypes_are_a_400(dtype: str | None) -> None:
+    """BF16 made safetensors' numpy loader raise KeyError: a 500 before."""
+    with pytest.raises(BadRequest, match="unsupported dtype") as raised:
+        decode_state(_raw_safetensors(dtype, [2], 4), "diff")  # type: ignore[arg-type]
+    assert raised.value.code == "invalid_safetensors"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff" * 8,
+        struct.pack("<Q", 2) + b"[]",
+        struct.pack("<Q", 3) + b"{x}",
+        struct.pack("<Q", 2**63) + b"{}",
+    ],
+)
+def test_broken_headers_are_a_400(data: bytes) -> None:
+    with pytest.raises(BadRequest, match="not a valid safetensors file"):
+        decode_state(data, "diff")
+
+
+def test_max_file_bytes_bounds_every_file_of_the_schema() -> None:
+    schema = schema_of(MODEL)
+    assert len(encode_state(MODEL)) <= max_file_bytes(schema)
+    assert max_file_bytes(schema) < len(encode_state(MODEL)) + 4096

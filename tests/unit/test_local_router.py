@@ -13,7 +13,7 @@ import requests
 from werkzeug.test import Client
 
 from firegrid.local.functions_server import build_app
-from firegrid.local.router import STATUS_PATH, TriggerRouter, decode_body
+from firegrid.local.router import STATUS_PATH, TriggerRouter, decode_body, redact_path
 from firegrid.manifest import FunctionSpec
 
 DATA = Path(__file__).parents[1] / "data"
@@ -118,3 +118,10 @@ def test_anything_but_a_trigger_delivery_is_not_found(method: str, path: str) ->
     router = TriggerRouter(FUNCTIONS_URL, "demo-firegrid", post=RecordingFunctions())
 
     assert Client(router).open(path, method=method).status_code == 404
+
+
+def test_logged_paths_shorten_worker_ids() -> None:
+    path = "documents/processes/p1/cycles/3/assignments/0123456789abcdef0123456789abcdef"
+    assert redact_path(path) == "documents/processes/p1/cycles/3/assignments/012345…"
+    assert redact_path("documents/workers/abcdef0123") == "documents/workers/abcdef…"
+    assert redact_path("documents/processes/p1/cycles/3") == "documents/processes/p1/cycles/3"

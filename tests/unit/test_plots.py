@@ -23,7 +23,7 @@ TOKEN = "test-admin-token"
 
 
 def _row(worker: str, cycle: int, accuracy: float, samples: int, **extra: Any) -> dict[str, Any]:
-    row = {"worker_id": worker, "cycle_id": cycle, "accuracy": accuracy, "num_samples": samples}
+    row = {"client_id": worker, "cycle_id": cycle, "accuracy": accuracy, "num_samples": samples}
     return row | extra
 
 

@@ -8,22 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from firegrid.domain.errors import BadRequest, NotFound
+from firegrid.domain.errors import BadRequest, Unauthorized
 from firegrid.services import cycles, devices, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
-from tests.common import State, b64, tiny_model
-from tests.fakes import make_context
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[State, bytes]:
-    return tiny_model()
-
-
-@pytest.fixture
-def ctx() -> Context:
-    return make_context()
+from tests.common import State, b64
 
 
 def host(ctx: Context, tiny: tuple[State, bytes], **server: Any) -> str:
@@ -87,7 +76,12 @@ def test_register_token_puts_the_worker_in_the_pool(ctx, tiny) -> None:
 @pytest.mark.parametrize(
     ("body", "error"),
     [
-        ({"worker_id": "nobody", "fcm_token": "t"}, NotFound),
+        ({"worker_id": "nobody", "fcm_token": "t"}, Unauthorized),
+        ({"worker_id": "0" * 32, "fcm_token": "t"}, Unauthorized),
+        ({"worker_id": "{worker}", "fcm_token": "a b"}, BadRequest),
+        ({"worker_id": "{worker}", "fcm_token": "t" * 1025}, BadRequest),
+        ({"worker_id": "{worker}", "fcm_token": "t", "cpu_cores": 10**400}, BadRequest),
+        ({"worker_id": "{worker}", "fcm_token": "t", "cpu_cores": 2.5}, BadRequest),
         ({"fcm_token": "t"}, BadRequest),
         ({"worker_id": "{worker}"}, BadRequest),
         ({"worker_id": "{worker}", "fcm_token": "t", "model": "cifar"}, BadRequest),

@@ -15,18 +15,7 @@ from firegrid.domain.errors import BadRequest, Conflict, NotFound, Unauthorized
 from firegrid.services import cycles, devices, hosting
 from firegrid.services.context import Context
 from firegrid.tensors import decode_state, encode_state
-from tests.common import State, b64, tiny_model
-from tests.fakes import make_context
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[State, bytes]:
-    return tiny_model()
-
-
-@pytest.fixture
-def ctx() -> Context:
-    return make_context()
+from tests.common import State, b64
 
 
 def host_body(tiny: tuple[State, bytes], **server: Any) -> dict[str, Any]:

@@ -11,9 +11,11 @@ cycle run in transactions that check its status first, so they happen once.
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -23,10 +25,15 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.diffs import schema_from_wire, schema_to_wire
-from firegrid.domain.errors import Conflict
+from firegrid.domain.errors import Conflict, Unavailable
+from firegrid.domain.limits import INT64_MAX
 from firegrid.domain.model import Assignment, CycleSummary, Process, Worker
 
 _EXISTS = (gexc.AlreadyExists, gexc.Conflict, gexc.FailedPrecondition)
+REPORT_CLAIM_WAIT_S = 10.0
+"""How long a twin report waits for the copy being recorded to finish."""
+REPORT_CLAIM_TTL = timedelta(seconds=60)
+"""A report claim older than this was left by a dead instance: the next twin takes it."""
 
 
 class FirestoreRepository:
@@ -248,7 +255,54 @@ class FirestoreRepository:
             )
             transaction.update(self._worker_ref(worker_id), {"last_cycle": seq})
 
-        mark(self._db.transaction())
+        claim = self._cycle_ref(process_id, seq).collection("report_claims")
+        claim_ref = claim.document(f"{worker_id}-{epoch}")
+        self._claim_report(claim_ref, ref)
+        try:
+            mark(self._db.transaction())
+        except BaseException:
+            claim_ref.delete()  # a retry of this report may go ahead
+            raise
+
+    def _claim_report(
+        self, claim_ref: firestore.DocumentReference, assignment_ref: firestore.DocumentReference
+    ) -> None:
+        """Serialise twins of one report before its transaction: transactions that read and
+        then write the same assignment deadlock on the emulator's (and Firestore's) locks.
+        A twin waits for the holder's outcome: counted (409), or released (it goes ahead)."""
+        deadline = time.monotonic() + REPORT_CLAIM_WAIT_S
+        while True:
+            try:
+                claim_ref.create({"at": firestore.SERVER_TIMESTAMP})
+                return
+            except _EXISTS:
+                pass
+            if self._take_stale_claim(claim_ref):
+                return
+            snap = assignment_ref.get()
+            if snap.exists and snap.get("reported"):
+                raise Conflict("This worker already reported for this cycle", "already_reported")
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    "Another copy of this report is still being recorded: send it again",
+                    "report_in_progress",
+                )
+            time.sleep(0.05)
+
+    def _take_stale_claim(self, claim_ref: firestore.DocumentReference) -> bool:
+        """A claim left by an instance that died mid-report must not block its retries."""
+        held = claim_ref.get()
+        stale_before = datetime.now(UTC) - REPORT_CLAIM_TTL
+        if not held.exists or held.update_time > stale_before:
+            return False
+        try:
+            claim_ref.update(
+                {"at": firestore.SERVER_TIMESTAMP},
+                option=self._db.write_option(last_update_time=held.update_time),
+            )
+        except _EXISTS:
+            return False
+        return True
 
     def _reported_query(self, process_id: str, seq: int) -> firestore.Query:
         return self._assignments(process_id, seq).where(filter=FieldFilter("reported", "==", True))
@@ -329,7 +383,7 @@ class FirestoreRepository:
                 "status": CycleStatus.COMPLETED.value,
                 "closing_lease_until": None,
                 "num_diffs": summary.num_diffs,
-                "total_samples": summary.total_samples,
+                "total_samples": _int64_or_float(summary.total_samples),
                 "checkpoint_out": summary.checkpoint_out,
                 "closed_at": summary.closed_at,
             }
@@ -446,7 +500,7 @@ class FirestoreRepository:
         metrics = self._process_ref(process_id).collection("metrics")
         batch = self._db.batch()
         for row in rows:
-            doc_id = f"{row['worker_id']}-{row['cycle_id']}-{row.get('set', 'test')}"
+            doc_id = f"{row['client_id']}-{row['cycle_id']}-{row.get('set', 'test')}"
             batch.set(metrics.document(doc_id), dict(row))
         batch.commit()
         return len(rows)
@@ -454,7 +508,12 @@ class FirestoreRepository:
     def list_metrics(self, process_id: str) -> list[dict[str, Any]]:
         metrics = self._process_ref(process_id).collection("metrics")
         rows = [s.to_dict() for s in metrics.stream()]
-        return sorted((r for r in rows if r), key=lambda r: (r["cycle_id"], r["worker_id"]))
+        return sorted((r for r in rows if r), key=lambda r: (r["cycle_id"], r["client_id"]))
+
+
+def _int64_or_float(value: int) -> int | float:
+    """Firestore integers are int64; a larger total is kept as a float, never an error."""
+    return value if value <= INT64_MAX else float(value)
 
 
 def _count(query: Any) -> int:
@@ -466,13 +525,15 @@ def _process_doc(process: Process) -> dict[str, Any]:
     return {
         "name": process.name,
         "version": process.version,
-        "client_config": dict(process.client_config),
+        # JSON text, not maps: device-chosen keys and nesting never meet Firestore's
+        # field-name rules or its per-document index-entry limit.
+        "client_config": json.dumps(dict(process.client_config)),
         "server_config": process.server_config.to_dict(),
         "status": process.status.value,
         "current_cycle": process.current_cycle,
         "latest_checkpoint": process.latest_checkpoint,
         "key_secret": process.key_secret,
-        "schema": schema_to_wire(process.schema),
+        "schema": json.dumps(schema_to_wire(process.schema)),
         "plans": dict(process.plans),
         "plan_sizes": dict(process.plan_sizes),
         "created_at": process.created_at,
@@ -485,13 +546,13 @@ def _process(process_id: str, data: dict[str, Any] | None) -> Process:
         id=process_id,
         name=data["name"],
         version=data["version"],
-        client_config=data["client_config"],
+        client_config=json.loads(data["client_config"]),
         server_config=ServerConfig.from_dict(data["server_config"]),
         status=ProcessStatus(data["status"]),
         current_cycle=data["current_cycle"],
         latest_checkpoint=data["latest_checkpoint"],
         key_secret=data["key_secret"],
-        schema=schema_from_wire(data["schema"]),
+        schema=schema_from_wire(json.loads(data["schema"])),
         plans=data.get("plans") or {},
         plan_sizes=data.get("plan_sizes") or {},
         created_at=data["created_at"],

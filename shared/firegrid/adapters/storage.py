@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -53,14 +54,23 @@ class GcsBlobStore:
         for blob in self._bucket.list_blobs(prefix=prefix):
             blob.delete()
 
-    def signed_url(self, name: str, *, method: str, expires_in: timedelta) -> str:
+    def signed_url(
+        self,
+        name: str,
+        *,
+        method: str,
+        expires_in: timedelta,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
         """A v4 signed URL to GET or PUT one object (PUT bodies are octet-stream)."""
         blob = self._bucket.blob(name)
+        signed_headers = {k: v for k, v in (headers or {}).items() if k.lower() != "content-type"}
         options: dict[str, Any] = {
             "version": "v4",
             "expiration": expires_in,
             "method": method,
             "content_type": OCTET_STREAM if method == "PUT" else None,
+            "headers": signed_headers or None,
         }
         if self._emulator_host:
             options |= {"credentials": _local_signer(), "api_access_endpoint": self._emulator_host}

@@ -50,7 +50,7 @@ def _round_stat(round_: int, rows: list[Mapping[str, Any]]) -> RoundStat:
     p10, p90 = np.percentile(accuracy, [10, 90])
     return RoundStat(
         round=round_,
-        devices=len({row["worker_id"] for row in rows}),
+        devices=len({row["client_id"] for row in rows}),
         samples=int(samples.sum()),
         weighted_accuracy=float(np.average(accuracy, weights=samples)),
         p10=float(p10),

@@ -133,7 +133,8 @@ class DeviceClient(FunctionClient):
             grant["method"],
             grant["upload_url"],
             data=diff,
-            headers={"Content-Type": grant["content_type"]},
+            # The URL is signed with these (a content-length range among them).
+            headers=grant.get("headers") or {"Content-Type": grant["content_type"]},
             timeout=self._timeout,
         )
         if response.status_code >= 400:

@@ -12,7 +12,7 @@ that is exactly LEAF's ``sum(n_k * w_k) / sum(n_k)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,37 @@ StateDict = dict[str, npt.NDArray[np.generic]]
 @dataclass(frozen=True, kw_only=True)
 class Contribution:
     diff: Mapping[str, npt.NDArray[np.generic]]
-    num_samples: int
+    weight: float
+    """The report's FedAvg weight: its sample count, capped by ``fedavg_weights``."""
+
+
+def fedavg_weights(counts: Sequence[int], max_fraction: float | None = None) -> list[float]:
+    """LEAF's weights (the sample counts, as float64), none above ``max_fraction`` of the total.
+
+    The cap is a water-filling: the largest counts are lowered to a common level ``c``
+    with ``c = max_fraction * sum(min(n_k, c))``, so after capping no report holds more
+    than that share and the others keep their relative weights. When no such level
+    exists (fewer than ``1 / max_fraction`` reports), every report weighs the same,
+    which is as close as the cap can get.
+    """
+    weights = [float(n) for n in counts]
+    if max_fraction is None or not weights or max_fraction >= 1.0:
+        return weights
+    ordered = sorted(weights, reverse=True)
+    rest = sum(ordered)
+    for capped in range(len(ordered)):
+        # The ``capped`` largest sit at level c; the others keep their counts.
+        if capped > 0:
+            rest -= ordered[capped - 1]
+        share_left = 1.0 - capped * max_fraction
+        if share_left <= 0:
+            break
+        level = max_fraction * rest / share_left
+        below = ordered[capped] <= level
+        above = capped == 0 or ordered[capped - 1] >= level
+        if below and above:
+            return [min(w, level) for w in weights]
+    return [1.0] * len(weights)
 
 
 class AggregationError(BadRequest):
@@ -101,7 +131,7 @@ def aggregate(
     if method in ("fedavg", "mean"):
         running = StreamingSum(checkpoint)
         for contribution in contributions:
-            weight = float(contribution.num_samples) if method == "fedavg" else 1.0
+            weight = contribution.weight if method == "fedavg" else 1.0
             running.add(contribution.diff, weight)
         step, count = running.mean(), running.count
     elif method in ("median", "trimmed_mean"):

@@ -1,6 +1,11 @@
-"""Cloud Storage object names (one layout, used by every service)."""
+"""Cloud Storage object names (one layout, used by every service).
+
+Worker ids are credentials, so object names carry their pseudonym, never the id.
+"""
 
 from __future__ import annotations
+
+from firegrid.domain.keys import pseudonym
 
 
 def process_prefix(process_id: str) -> str:
@@ -15,11 +20,12 @@ def plan_object(process_id: str, plan_name: str) -> str:
     return f"processes/{process_id}/plans/{plan_name}.pt2"
 
 
-def diff_object(process_id: str, seq: int, worker_id: str, epoch: int, digest: str) -> str:
-    """Content-addressed, so a retried report never overwrites another one's bytes."""
-    return f"processes/{process_id}/diffs/{seq}/{worker_id}-{epoch}-{digest[:16]}.safetensors"
+def diff_object(process_id: str, seq: int, worker_id: str, epoch: int, attempt: str) -> str:
+    """One object per report attempt: a losing twin deletes only its own bytes."""
+    ref = pseudonym(worker_id)
+    return f"processes/{process_id}/diffs/{seq}/{ref}-{epoch}-{attempt}.safetensors"
 
 
 def upload_object(process_id: str, seq: int, worker_id: str, epoch: int) -> str:
     """Where a device PUTs a diff too large to send inline (then reports ``uploaded``)."""
-    return f"processes/{process_id}/uploads/{seq}/{worker_id}-{epoch}.safetensors"
+    return f"processes/{process_id}/uploads/{seq}/{pseudonym(worker_id)}-{epoch}.safetensors"

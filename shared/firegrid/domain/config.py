@@ -6,12 +6,14 @@ dataclasses so the rest of the code never reads a dict with ``.get()``.
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from firegrid.domain import limits
 from firegrid.domain.errors import BadRequest
+from firegrid.domain.fields import Fields, check_storable
 
 AGGREGATIONS = ("fedavg", "mean", "median", "trimmed_mean")
 POOL_SELECTIONS = ("random", "iterate")
@@ -20,64 +22,47 @@ LOSSES = ("cross_entropy", "mse", "bce_with_logits")
 OPTIMIZERS = ("sgd", "adam")
 # Keys PyGrid configs carry that FireGrid accepts and ignores.
 _LEGACY_SERVER_KEYS = frozenset({"iterative_plan"})
+INVALID_CONFIG = "invalid_config"
 
 
 def _bad(message: str) -> BadRequest:
-    return BadRequest(message, "invalid_config")
+    return BadRequest(message, INVALID_CONFIG)
 
 
-def _number(raw: Mapping[str, Any], key: str, *, minimum: float = 0.0) -> float | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _bad(f"'{key}' must be a number")
-    if value < minimum:
-        raise _bad(f"'{key}' must be >= {minimum:g}")
-    return float(value)
-
-
-def _integer(raw: Mapping[str, Any], key: str, *, minimum: int = 0) -> int | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(f"'{key}' must be an integer")
-    if value < minimum:
-        raise _bad(f"'{key}' must be >= {minimum}")
-    return value
-
-
-def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
-    value = raw.get(key, default)
-    if value not in choices:
-        raise _bad(f"'{key}' must be one of {', '.join(choices)}")
-    return str(value)
-
-
-def _flag(raw: Mapping[str, Any], key: str) -> bool:
-    value = raw.get(key, False)
-    if not isinstance(value, bool):
-        raise _bad(f"'{key}' must be true or false")
-    return value
+def _config_fields(raw: object, name: str) -> Fields:
+    return Fields(
+        raw,
+        what=f"'{name}'",
+        prefix=f"{name}." if name == "authentication" else "",
+        invalid=INVALID_CONFIG,
+        missing=INVALID_CONFIG,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class AuthConfig:
-    """How a process authenticates workers (PyGrid's ``authentication`` block)."""
+    """How a process authenticates workers (PyGrid's ``authentication`` block).
+
+    As in PyGrid, a token is checked against ``secret``, then ``pub_key``; when
+    ``endpoint`` is set, the third party must vouch for it too.
+    """
 
     secret: str | None = None
     """HS256 shared secret."""
     pub_key: str | None = None
     """PEM public key for RS256/ES256 tokens."""
     endpoint: str | None = None
-    """Third-party URL that vouches for a token (PyGrid's ``endpoint``)."""
+    """Third-party URL that vouches for a token (PyGrid's ``endpoint``; https in production)."""
     firebase: bool = False
-    """Accept Firebase Auth ID tokens."""
+    """Accept Firebase Auth ID tokens (not together with ``secret`` or ``pub_key``)."""
     audience: str | None = None
     """Required ``aud`` claim, if set."""
     issuer: str | None = None
     """Required ``iss`` claim, if set."""
+    require_exp: bool = False
+    """Refuse JWTs without an ``exp`` claim."""
+    check_revoked: bool = False
+    """Firebase only: refuse ID tokens of revoked sessions and disabled users."""
 
     @property
     def required(self) -> bool:
@@ -87,21 +72,28 @@ class AuthConfig:
     def parse(cls, raw: object) -> AuthConfig:
         if raw is None:
             return cls()
-        if not isinstance(raw, Mapping):
-            raise _bad("'authentication' must be an object")
-        unknown = set(raw) - {"secret", "pub_key", "endpoint", "firebase", "audience", "issuer"}
-        if unknown:
-            raise _bad(f"unknown authentication keys: {', '.join(sorted(unknown))}")
-        strings = {}
-        for key in ("secret", "pub_key", "endpoint", "audience", "issuer"):
-            value = raw.get(key)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise _bad(f"'authentication.{key}' must be a non-empty string")
-            strings[key] = value
-        endpoint = strings["endpoint"]
-        if endpoint is not None and not endpoint.startswith(("https://", "http://")):
-            raise _bad("'authentication.endpoint' must be an http(s) URL")
-        return cls(firebase=_flag(raw, "firebase"), **strings)
+        fields = _config_fields(raw, "authentication")
+        fields.only(cls.__dataclass_fields__, kind="authentication")
+        config = cls(
+            secret=fields.text("secret", max_length=limits.MAX_SECRET_LENGTH),
+            pub_key=fields.text("pub_key", max_length=limits.MAX_PEM_LENGTH),
+            endpoint=fields.text("endpoint", max_length=limits.MAX_URL_LENGTH),
+            firebase=fields.flag("firebase"),
+            audience=fields.text("audience"),
+            issuer=fields.text("issuer"),
+            require_exp=fields.flag("require_exp"),
+            check_revoked=fields.flag("check_revoked"),
+        )
+        if config.endpoint is not None and not config.endpoint.startswith(("https://", "http://")):
+            raise _bad("'authentication.endpoint' must be an https URL")
+        if config.firebase and (config.secret or config.pub_key):
+            raise _bad(
+                "'authentication.firebase' cannot be combined with 'secret' or 'pub_key': "
+                "a token would have two meanings"
+            )
+        if config.check_revoked and not config.firebase:
+            raise _bad("'authentication.check_revoked' applies to Firebase ID tokens only")
+        return config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +146,10 @@ class ServerConfig:
     """Serve models and plans above this size by signed URL (lowers the deployment's limit)."""
     availability_ttl: int = 600
     """Seconds a worker stays available after registering or confirming."""
+    max_num_samples: int = limits.DEFAULT_MAX_NUM_SAMPLES
+    """Largest ``num_samples`` one report may claim (a report above it is a 400)."""
+    max_weight_fraction: float | None = None
+    """``fedavg``: no single report weighs more than this share of a cycle (None: no cap)."""
     authentication: AuthConfig = field(default_factory=AuthConfig)
     """How workers authenticate."""
 
@@ -163,47 +159,53 @@ class ServerConfig:
 
     @classmethod
     def parse(cls, raw: object) -> ServerConfig:
-        if not isinstance(raw, Mapping):
-            raise _bad("'server_config' must be an object")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(raw) - known - _LEGACY_SERVER_KEYS
-        if unknown:
-            raise _bad(f"unknown server_config keys: {', '.join(sorted(unknown))}")
-        if "cycle_length" not in raw:
+        fields = _config_fields(raw, "server_config")
+        fields.only(cls.__dataclass_fields__, ignored=_LEGACY_SERVER_KEYS, kind="server_config")
+        if "cycle_length" not in fields.raw:
             raise _bad("'cycle_length' is required (null for no deadline)")
-        if "num_cycles" not in raw:
+        if "num_cycles" not in fields.raw:
             raise _bad("'num_cycles' is required (0 for unlimited)")
-        cycle_length = _number(raw, "cycle_length")
+        year, places = limits.MAX_CYCLE_LENGTH_S, limits.MAX_WORKERS
+        cycle_length = fields.number("cycle_length", maximum=year)
         if cycle_length is not None and cycle_length <= 0:
             raise _bad("'cycle_length' must be > 0")
-        num_cycles = _integer(raw, "num_cycles")
         config = cls(
             cycle_length=cycle_length,
-            num_cycles=num_cycles if num_cycles is not None else 0,
-            min_diffs=_integer(raw, "min_diffs", minimum=1),
-            max_diffs=_integer(raw, "max_diffs", minimum=1),
-            max_workers=_integer(raw, "max_workers", minimum=1),
-            min_workers=_integer(raw, "min_workers", minimum=1) or 1,
-            goal_count=_integer(raw, "goal_count", minimum=1),
-            over_selection=_number(raw, "over_selection", minimum=1.0) or 1.3,
-            pool_selection=_choice(raw, "pool_selection", POOL_SELECTIONS, "random"),
+            num_cycles=fields.integer("num_cycles") or 0,
+            min_diffs=fields.integer("min_diffs", minimum=1, maximum=places),
+            max_diffs=fields.integer("max_diffs", minimum=1, maximum=places),
+            max_workers=fields.integer("max_workers", minimum=1, maximum=places),
+            min_workers=fields.integer("min_workers", minimum=1, maximum=places) or 1,
+            goal_count=fields.integer("goal_count", minimum=1, maximum=places),
+            over_selection=fields.number(
+                "over_selection", minimum=1.0, maximum=limits.MAX_OVER_SELECTION
+            )
+            or 1.3,
+            pool_selection=fields.choice("pool_selection", POOL_SELECTIONS, "random"),
             do_not_reuse_workers_until_cycle=(
-                _integer(raw, "do_not_reuse_workers_until_cycle") or 0
+                fields.integer("do_not_reuse_workers_until_cycle") or 0
             ),
-            minimum_upload_speed=_number(raw, "minimum_upload_speed"),
-            minimum_download_speed=_number(raw, "minimum_download_speed"),
-            worker_participation_mode=_choice_int(raw, "worker_participation_mode", (0, 1)),
-            require_invitation=_flag(raw, "require_invitation"),
-            on_expiry=_choice(raw, "on_expiry", EXPIRY_ACTIONS, "reset"),
-            aggregation=_choice(raw, "aggregation", AGGREGATIONS, "fedavg"),
-            trim_fraction=_fraction(raw, "trim_fraction", 0.1),
-            server_lr=_positive(raw, "server_lr", 1.0),
-            max_diff_norm=_number(raw, "max_diff_norm"),
-            clip_diffs=_flag(raw, "clip_diffs"),
-            retry_after=_integer(raw, "retry_after", minimum=1) or 60,
-            availability_ttl=_integer(raw, "availability_ttl", minimum=1) or 600,
-            max_inline_bytes=_integer(raw, "max_inline_bytes", minimum=1),
-            authentication=AuthConfig.parse(raw.get("authentication")),
+            minimum_upload_speed=fields.number("minimum_upload_speed", maximum=limits.MAX_SPEED),
+            minimum_download_speed=fields.number(
+                "minimum_download_speed", maximum=limits.MAX_SPEED
+            ),
+            worker_participation_mode=fields.int_choice("worker_participation_mode", (0, 1)),
+            require_invitation=fields.flag("require_invitation"),
+            on_expiry=fields.choice("on_expiry", EXPIRY_ACTIONS, "reset"),
+            aggregation=fields.choice("aggregation", AGGREGATIONS, "fedavg"),
+            trim_fraction=_below_half(fields, "trim_fraction", 0.1),
+            server_lr=_positive(fields, "server_lr", 1.0, limits.MAX_SERVER_LR),
+            max_diff_norm=fields.number("max_diff_norm"),
+            clip_diffs=fields.flag("clip_diffs"),
+            retry_after=fields.integer("retry_after", minimum=1, maximum=year) or 60,
+            availability_ttl=fields.integer("availability_ttl", minimum=1, maximum=year) or 600,
+            max_inline_bytes=fields.integer("max_inline_bytes", minimum=1),
+            max_num_samples=fields.integer(
+                "max_num_samples", minimum=1, maximum=limits.MAX_NUM_SAMPLES
+            )
+            or limits.DEFAULT_MAX_NUM_SAMPLES,
+            max_weight_fraction=_fraction(fields, "max_weight_fraction"),
+            authentication=AuthConfig.parse(fields.raw.get("authentication")),
         )
         config._check_consistency()
         return config
@@ -217,6 +219,8 @@ class ServerConfig:
             raise _bad("a cycle needs a way to close: set 'cycle_length' or 'max_diffs'")
         if self.clip_diffs and self.max_diff_norm is None:
             raise _bad("'clip_diffs' needs 'max_diff_norm'")
+        if self.max_weight_fraction is not None and self.aggregation != "fedavg":
+            raise _bad("'max_weight_fraction' applies to 'fedavg' only")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,15 +233,8 @@ class ServerConfig:
         return cls(**values)
 
 
-def _choice_int(raw: Mapping[str, Any], key: str, choices: tuple[int, ...]) -> int:
-    value = raw.get(key, choices[0])
-    if isinstance(value, bool) or value not in choices:
-        raise _bad(f"'{key}' must be one of {', '.join(map(str, choices))}")
-    return int(value)
-
-
-def _fraction(raw: Mapping[str, Any], key: str, default: float) -> float:
-    value = _number(raw, key)
+def _below_half(fields: Fields, key: str, default: float) -> float:
+    value = fields.number(key)
     if value is None:
         return default
     if value >= 0.5:
@@ -245,11 +242,18 @@ def _fraction(raw: Mapping[str, Any], key: str, default: float) -> float:
     return value
 
 
-def _positive(raw: Mapping[str, Any], key: str, default: float) -> float:
-    value = _number(raw, key)
+def _positive(fields: Fields, key: str, default: float, maximum: float) -> float:
+    value = fields.number(key, maximum=maximum)
     if value is None:
         return default
     if value <= 0:
+        raise _bad(f"'{key}' must be > 0")
+    return value
+
+
+def _fraction(fields: Fields, key: str) -> float | None:
+    value = fields.number(key, maximum=1.0)
+    if value is not None and value <= 0:
         raise _bad(f"'{key}' must be > 0")
     return value
 
@@ -270,22 +274,28 @@ class ClientConfig:
 
     @classmethod
     def parse(cls, raw: object) -> ClientConfig:
-        if not isinstance(raw, Mapping):
-            raise _bad("'client_config' must be an object")
-        name, version = raw.get("name"), raw.get("version")
+        fields = _config_fields(raw, "client_config")
+        name = fields.raw.get("name")
+        version = fields.raw.get("version")
         if not isinstance(name, str) or not name.strip():
             raise _bad("'client_config.name' is required")
         if not isinstance(version, str) or not version.strip():
             raise _bad("'client_config.version' is required (a string)")
-        if len(name) > 200 or len(version) > 100:
-            raise _bad("'client_config.name' or 'version' is too long")
-        _integer(raw, "batch_size", minimum=1)
-        _integer(raw, "max_updates", minimum=1)
-        _integer(raw, "epochs", minimum=1)
+        if len(name) > limits.MAX_NAME_LENGTH or len(version) > limits.MAX_VERSION_LENGTH:
+            raise _bad(
+                f"'client_config.name' or 'version' is too long (at most "
+                f"{limits.MAX_NAME_LENGTH} and {limits.MAX_VERSION_LENGTH} characters)"
+            )
+        fields.integer("batch_size", minimum=1)
+        fields.integer("max_updates", minimum=1)
+        fields.integer("epochs", minimum=1)
         for key in ("lr", "momentum", "weight_decay", "fedprox_mu"):
-            _number(raw, key)
-        if "loss" in raw:
-            _choice(raw, "loss", LOSSES, LOSSES[0])
-        if "optimizer" in raw:
-            _choice(raw, "optimizer", OPTIMIZERS, OPTIMIZERS[0])
-        return cls(name=name, version=version, raw=dict(raw))
+            fields.number(key)
+        if "loss" in fields.raw:
+            fields.choice("loss", LOSSES, LOSSES[0])
+        if "optimizer" in fields.raw:
+            fields.choice("optimizer", OPTIMIZERS, OPTIMIZERS[0])
+        check_storable(fields.raw, "'client_config'", code=INVALID_CONFIG)
+        if len(json.dumps(fields.raw)) > limits.MAX_CONFIG_BYTES:
+            raise _bad(f"'client_config' is larger than {limits.MAX_CONFIG_BYTES} bytes as JSON")
+        return cls(name=name, version=version, raw=dict(fields.raw))

@@ -43,6 +43,15 @@ def payload_bytes(schema: Schema) -> int:
     return total
 
 
+def max_file_bytes(schema: Schema) -> int:
+    """The largest safetensors file of this schema: its tensor data, plus a header bound
+    (names JSON-escaped, 20 digits per number, a little metadata and padding)."""
+    header = 8 + 1024
+    for name, spec in schema.items():
+        header += 6 * len(name.encode()) + 64 + 21 * (len(spec.shape) + 2)
+    return payload_bytes(schema) + header
+
+
 def schema_from_wire(raw: Mapping[str, Mapping[str, Any]]) -> Schema:
     return {
         name: TensorSpec(str(s["dtype"]), tuple(int(d) for d in s["shape"]))

@@ -34,6 +34,8 @@ import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from firegrid.domain.keys import redact
+
 PROTOBUF = "application/protobuf"
 JSON = "application/json"
 TRIGGER_PATH = re.compile(r"^/functions/projects/(?P<project>[^/]+)/triggers/(?P<trigger>[^/]+)$")
@@ -52,7 +54,7 @@ class Forward:
     trigger: str
     """Trigger id, which is the function's deployed name."""
     subject: str
-    """``ce-subject``, e.g. ``documents/processes/p/cycles/1``."""
+    """``ce-subject``, e.g. ``documents/processes/p/cycles/1``, worker ids shortened."""
     event_id: str
     status: int
     """The function's HTTP status; 502 when it could not be reached."""
@@ -92,6 +94,15 @@ def _post_with_requests() -> Post:
         return response.status_code, response.content, response.headers.get("Content-Type", "")
 
     return post
+
+
+def redact_path(path: str) -> str:
+    """A document path as logs may show it: worker ids (credentials) shortened."""
+    parts = path.split("/")
+    for index in range(1, len(parts)):
+        if parts[index - 1] in ("workers", "assignments", "invitations"):
+            parts[index] = redact(parts[index])
+    return "/".join(parts)
 
 
 class TriggerRouter:
@@ -140,7 +151,7 @@ class TriggerRouter:
             status, body, body_type = 502, f"function unreachable: {error}\n".encode(), "text/plain"
         forward = Forward(
             trigger=trigger,
-            subject=headers.get("ce-subject", ""),
+            subject=redact_path(headers.get("ce-subject", "")),
             event_id=headers.get("ce-id", ""),
             status=status,
             duration_s=time.monotonic() - started,

@@ -40,6 +40,7 @@ from firegrid.settings import (
     BUCKET_ENV,
     FCM_URL_ENV,
     FIRESTORE_EMULATOR_ENV,
+    LOCAL_STACK_ENV,
     PROJECT_ENV,
     STORAGE_EMULATOR_ENV,
 )
@@ -93,6 +94,7 @@ class StackInfo:
             PROJECT_ENV: self.project_id,
             BUCKET_ENV: self.bucket,
             ADMIN_TOKEN_ENV: self.admin_token,
+            LOCAL_STACK_ENV: "1",
         } | ({FCM_URL_ENV: self.fcm_url} if self.fcm_url else {})
 
     def alive(self) -> dict[str, bool]:

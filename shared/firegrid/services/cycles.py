@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from firegrid.domain import blobs
-from firegrid.domain.aggregation import Contribution, aggregate
+from firegrid.domain.aggregation import Contribution, aggregate, fedavg_weights
 from firegrid.domain.cycle import (
     CycleStatus,
     deadline_for,
@@ -18,7 +18,7 @@ from firegrid.domain.cycle import (
     is_last_cycle,
     is_ready,
 )
-from firegrid.domain.model import CycleSummary, Process
+from firegrid.domain.model import Assignment, CycleSummary, Process
 from firegrid.services import pool
 from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
@@ -53,18 +53,20 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
         return False
     config = process.server_config
     checkpoint = decode_state(ctx.blobs.get(blobs.checkpoint_object(process_id, seq)), "checkpoint")
-    totals = _Totals()
+    reported = list(ctx.repo.reported_assignments(process_id, seq))
+    counts = [a.num_samples or 0 for a in reported]
     updated, num_diffs = aggregate(
         checkpoint,
-        _contributions(ctx, process_id, seq, totals),
+        _contributions(ctx, reported, fedavg_weights(counts, config.max_weight_fraction)),
         method=config.aggregation,
         server_lr=config.server_lr,
         trim_fraction=config.trim_fraction,
     )
     ctx.blobs.put(blobs.checkpoint_object(process_id, seq + 1), encode_state(updated))
+    total_samples = sum(counts)  # a Python int: no overflow whatever the counts
     summary = CycleSummary(
         num_diffs=num_diffs,
-        total_samples=totals.samples,
+        total_samples=total_samples,
         checkpoint_out=seq + 1,
         closed_at=ctx.clock.now(),
     )
@@ -73,7 +75,7 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     if done:
         _notify(pool.after_cycle_completed, ctx, process_id, seq)
         log.info(
-            "cycle %s/%d closed: %d diffs, %d samples", process_id, seq, num_diffs, totals.samples
+            "cycle %s/%d closed: %d diffs, %d samples", process_id, seq, num_diffs, total_samples
         )
     return done
 
@@ -86,20 +88,14 @@ def _notify(send: Callable[..., None], *args: Any) -> None:
         log.exception("lifecycle push %s failed", send.__name__)
 
 
-@dataclass
-class _Totals:
-    samples: int = 0
-
-
 def _contributions(
-    ctx: Context, process_id: str, seq: int, totals: _Totals
+    ctx: Context, reported: list[Assignment], weights: list[float]
 ) -> Iterator[Contribution]:
     """Each reported diff, read from storage one at a time."""
-    for assignment in ctx.repo.reported_assignments(process_id, seq):
-        assert assignment.diff_object is not None and assignment.num_samples is not None
+    for assignment, weight in zip(reported, weights, strict=True):
+        assert assignment.diff_object is not None
         diff = decode_state(ctx.blobs.get(assignment.diff_object), "stored diff")
-        totals.samples += assignment.num_samples
-        yield Contribution(diff=diff, num_samples=assignment.num_samples)
+        yield Contribution(diff=diff, weight=weight)
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""The device API's use cases: authenticate, cycle-request, downloads, report."""
+"""The device API's use cases: authenticate, cycle-request, downloads, report, speed test.
+
+A worker id is the device's credential: every call that names one treats an
+id it does not know, or one of another process, alike (401 ``unknown_worker``).
+"""
 
 from __future__ import annotations
 
@@ -9,34 +13,42 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from firegrid.domain import blobs
+from firegrid.domain import blobs, limits
 from firegrid.domain.acceptance import RejectReason, Speeds, reject, screen
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
-from firegrid.domain.diffs import payload_bytes, validate_diff
-from firegrid.domain.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized
-from firegrid.domain.keys import KeyScope, issue_request_key, stable_id, verify_request_key
+from firegrid.domain.diffs import max_file_bytes, payload_bytes, validate_diff
+from firegrid.domain.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from firegrid.domain.fields import Fields
+from firegrid.domain.keys import KeyScope, derive_worker_id, issue_request_key, verify_request_key
 from firegrid.domain.model import Assignment, Process, Redirect, Worker
-from firegrid.services import _fields as fields
 from firegrid.services.context import Context
+from firegrid.services.lookups import (
+    find_worker,
+    known_worker,
+    model_name,
+    process_by_name,
+    worker_id_field,
+)
 from firegrid.tensors import decode_state, encode_state
 
 AUTH_REQUIRED = "Authentication is required, please pass an 'auth_token'."
+INVALID_KEY = "Invalid request key!"
 SIGNED_URL_TTL = timedelta(minutes=15)
-
-
-def _process_by_name(ctx: Context, name: str, version: str | None) -> Process:
-    process = ctx.repo.find_process(name, version)
-    if process is None:
-        wanted = f"'{name}'" + (f" version '{version}'" if version else "")
-        raise NotFound(f"No training process for model {wanted}", "unknown_process")
-    return process
+CONTENT_LENGTH_RANGE = "x-goog-content-length-range"
 
 
 def authenticate(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
-    name = fields.required_str(body, "model_name")
-    version = fields.optional_version(body, "model_version")
-    token = fields.optional_str(body, "auth_token")
-    process = _process_by_name(ctx, name, version)
+    fields = Fields(body)
+    name = model_name(fields, "model_name")
+    version = fields.version("model_version")
+    token = fields.text("auth_token", max_length=limits.MAX_TOKEN_LENGTH)
+    process = process_by_name(ctx, name, version)
     auth = process.server_config.authentication
     if auth.required:
         if token is None:
@@ -47,7 +59,7 @@ def authenticate(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
         subject = "anonymous:" + secrets.token_hex(16)
     worker = ctx.repo.save_worker(
         Worker(
-            id=stable_id("worker", process.id, subject),
+            id=derive_worker_id(process.key_secret, process.id, subject),
             process_id=process.id,
             subject=subject,
             created_at=ctx.clock.now(),
@@ -60,19 +72,11 @@ def authenticate(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker(ctx: Context, worker_id: str) -> Worker:
-    worker = ctx.repo.get_worker(worker_id)
-    if worker is None:
-        raise NotFound("Worker not found: authenticate first", "unknown_worker")
-    return worker
+def _speeds(fields: Fields, required: bool) -> Speeds:
+    def speed(key: str) -> float | None:
+        return fields.number(key, maximum=limits.MAX_SPEED, strings=True)
 
-
-def _speeds(body: Mapping[str, Any], required: bool) -> Speeds:
-    speeds = Speeds(
-        ping=fields.optional_number(body, "ping"),
-        download=fields.optional_number(body, "download"),
-        upload=fields.optional_number(body, "upload"),
-    )
+    speeds = Speeds(ping=speed("ping"), download=speed("download"), upload=speed("upload"))
     if required:
         for key in ("ping", "download", "upload"):
             if getattr(speeds, key) is None:
@@ -81,16 +85,15 @@ def _speeds(body: Mapping[str, Any], required: bool) -> Speeds:
 
 
 def request_cycle(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
-    worker_id = fields.required_str(body, "worker_id")
-    name = fields.required_str(body, "model")
-    version = fields.optional_version(body, "version")
-    start_key = fields.optional_str(body, "cycle_start_request_key")
-    worker = _worker(ctx, worker_id)
-    process = _process_by_name(ctx, name, version)
-    if worker.process_id != process.id:
-        raise Unauthorized("This worker is not authenticated for this process", "wrong_process")
+    fields = Fields(body)
+    worker_id = worker_id_field(fields)
+    name = model_name(fields, "model")
+    version = fields.version("version")
+    start_key = fields.text("cycle_start_request_key", max_length=limits.MAX_KEY_LENGTH)
+    process = process_by_name(ctx, name, version)
+    worker = known_worker(ctx, worker_id, process)
     config = process.server_config
-    speeds = _speeds(body, config.requires_speed_test)
+    speeds = _speeds(fields, config.requires_speed_test)
     cycle = _current_cycle(ctx, process)
     now = ctx.clock.now()
     if process.status is ProcessStatus.COMPLETED:
@@ -143,6 +146,20 @@ def _accepted(process: Process, cycle: Cycle, assignment: Assignment) -> dict[st
 
 
 @dataclass(frozen=True)
+class Grant:
+    """A genuine request key: whose it is and the cycle and epoch it was issued for."""
+
+    worker_id: str
+    process: Process
+    scope: KeyScope
+
+    def upload_object(self) -> str:
+        return blobs.upload_object(
+            self.process.id, self.scope.seq, self.worker_id, self.scope.epoch
+        )
+
+
+@dataclass(frozen=True)
 class Place:
     """A worker's valid place in the open cycle, proven by its request key."""
 
@@ -151,16 +168,23 @@ class Place:
     assignment: Assignment
 
 
-def _place(ctx: Context, worker_id: str, request_key: str) -> Place:
-    worker = ctx.repo.get_worker(worker_id)
+def _grant(ctx: Context, fields: Fields) -> Grant:
+    worker_id = worker_id_field(fields)
+    request_key = fields.text("request_key", required=True, max_length=limits.MAX_KEY_LENGTH)
+    worker = find_worker(ctx, worker_id)
     process = ctx.repo.get_process(worker.process_id) if worker else None
     if worker is None or process is None:
-        raise Unauthorized("Invalid request key!", "invalid_request_key")
+        raise Unauthorized(INVALID_KEY, "invalid_request_key")
     scope = verify_request_key(process.key_secret, process.id, worker.id, request_key)
+    return Grant(worker.id, process, scope)
+
+
+def _place(ctx: Context, grant: Grant) -> Place:
+    process, scope = grant.process, grant.scope
     cycle = ctx.repo.get_cycle(process.id, scope.seq)
     if cycle is None or cycle.status is not CycleStatus.OPEN:
         raise Conflict("The cycle of this request key is no longer open", "cycle_closed")
-    assignment = ctx.repo.get_assignment(process.id, scope.seq, worker.id)
+    assignment = ctx.repo.get_assignment(process.id, scope.seq, grant.worker_id)
     if assignment is None or assignment.epoch != scope.epoch:
         raise Conflict("This assignment was dropped when the cycle was reset", "assignment_dropped")
     return Place(process, cycle, assignment)
@@ -179,21 +203,19 @@ def _download(ctx: Context, process: Process, name: str, size: int) -> bytes | R
 
 
 def get_model(ctx: Context, args: Mapping[str, Any]) -> bytes | Redirect:
-    place = _place(
-        ctx, fields.required_str(args, "worker_id"), fields.required_str(args, "request_key")
-    )
-    if fields.required_str(args, "model_id") != place.process.id:
+    fields = Fields(args, what="the query")
+    place = _place(ctx, _grant(ctx, fields))
+    if fields.text("model_id", required=True, max_length=limits.MAX_KEY_LENGTH) != place.process.id:
         raise NotFound("Model not found!", "unknown_model")
     name = blobs.checkpoint_object(place.process.id, place.cycle.checkpoint)
     return _download(ctx, place.process, name, payload_bytes(place.process.schema))
 
 
 def get_plan(ctx: Context, args: Mapping[str, Any]) -> bytes | Redirect:
-    place = _place(
-        ctx, fields.required_str(args, "worker_id"), fields.required_str(args, "request_key")
-    )
-    plan_id = fields.required_str(args, "plan_id")
-    variant = fields.optional_str(args, "receive_operations_as") or "torch"
+    fields = Fields(args, what="the query")
+    place = _place(ctx, _grant(ctx, fields))
+    plan_id = fields.text("plan_id", required=True, max_length=limits.MAX_KEY_LENGTH)
+    variant = fields.text("receive_operations_as", max_length=limits.MAX_KEY_LENGTH) or "torch"
     if variant != "torch":
         raise BadRequest(
             f"receive_operations_as '{variant}' is not available; use 'torch'",
@@ -206,38 +228,68 @@ def get_plan(ctx: Context, args: Mapping[str, Any]) -> bytes | Redirect:
 
 
 def report_upload_url(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
-    """A signed PUT URL for a diff too large to send inline; then ``report`` with ``uploaded``."""
-    worker_id = fields.required_str(body, "worker_id")
-    place = _place(ctx, worker_id, fields.required_str(body, "request_key"))
+    """A signed PUT URL for a diff too large to send inline; then ``report`` with ``uploaded``.
+
+    The URL only accepts bodies up to the largest diff file of this model.
+    """
+    grant = _grant(ctx, Fields(body))
+    place = _place(ctx, grant)
     if place.assignment.reported:
         raise Conflict("This worker already reported for this cycle", "already_reported")
-    name = blobs.upload_object(place.process.id, place.cycle.seq, worker_id, place.assignment.epoch)
-    expires_at = ctx.clock.now() + SIGNED_URL_TTL
+    max_bytes = max_file_bytes(place.process.schema)
+    headers = {
+        "Content-Type": "application/octet-stream",
+        CONTENT_LENGTH_RANGE: f"0,{max_bytes}",
+    }
+    url = ctx.blobs.signed_url(
+        grant.upload_object(), method="PUT", expires_in=SIGNED_URL_TTL, headers=headers
+    )
     return {
-        "upload_url": ctx.blobs.signed_url(name, method="PUT", expires_in=SIGNED_URL_TTL),
-        "expires_at": expires_at.isoformat(),
+        "upload_url": url,
+        "expires_at": (ctx.clock.now() + SIGNED_URL_TTL).isoformat(),
         "method": "PUT",
         "content_type": "application/octet-stream",
-        "max_bytes": ctx.settings.max_upload_bytes,
+        "headers": headers,
+        "max_bytes": max_bytes,
     }
 
 
 def report(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
-    worker_id = fields.required_str(body, "worker_id")
-    request_key = fields.required_str(body, "request_key")
-    num_samples = fields.positive_int(body, "num_samples", "train_num_samples")
-    uploaded = body.get("uploaded", False)
-    if not isinstance(uploaded, bool):
-        raise BadRequest("'uploaded' must be true or false", "invalid_field")
-    inline = None if uploaded else fields.base64_bytes(body.get("diff"), "diff")
-    place = _place(ctx, worker_id, request_key)
+    """Store a diff and count it, once; a refused report leaves no object behind."""
+    fields = Fields(body)
+    num_samples = fields.integer("num_samples", "train_num_samples", required=True, minimum=1)
+    uploaded = fields.flag("uploaded")
+    inline = None if uploaded else fields.base64("diff")
+    grant = _grant(ctx, fields)
+    upload = grant.upload_object() if uploaded else None
+    try:
+        _report(ctx, grant, num_samples, inline, upload)
+    finally:
+        if upload is not None:
+            ctx.blobs.delete(upload)
+    return {"status": "success"}
+
+
+def _report(
+    ctx: Context, grant: Grant, num_samples: int, inline: bytes | None, upload: str | None
+) -> None:
+    place = _place(ctx, grant)
     if place.assignment.reported:
         raise Conflict("This worker already reported for this cycle", "already_reported")
-    upload = blobs.upload_object(
-        place.process.id, place.cycle.seq, worker_id, place.assignment.epoch
-    )
-    diff_bytes = inline if inline is not None else _uploaded_diff(ctx, upload)
     config = place.process.server_config
+    if num_samples > config.max_num_samples:
+        raise BadRequest(
+            f"'num_samples' must be <= {config.max_num_samples} (server_config.max_num_samples)",
+            "too_many_samples",
+        )
+    max_bytes = max_file_bytes(place.process.schema)
+    if inline is None:
+        assert upload is not None
+        diff_bytes = _uploaded_diff(ctx, place, upload, max_bytes)
+    elif len(inline) > max_bytes:
+        raise PayloadTooLarge(f"The diff is larger than this model's ({max_bytes} bytes)")
+    else:
+        diff_bytes = inline
     diff = validate_diff(
         decode_state(diff_bytes, "diff"),
         place.process.schema,
@@ -246,37 +298,51 @@ def report(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     )
     if config.clip_diffs:
         diff_bytes = encode_state(diff)
-    digest = hashlib.sha256(diff_bytes).hexdigest()
-    name = blobs.diff_object(
-        place.process.id, place.cycle.seq, worker_id, place.assignment.epoch, digest
-    )
-    stored = ctx.blobs.put(name, diff_bytes, if_absent=True)
+    seq, epoch = place.cycle.seq, place.assignment.epoch
+    name = blobs.diff_object(place.process.id, seq, grant.worker_id, epoch, secrets.token_hex(8))
+    ctx.blobs.put(name, diff_bytes, if_absent=True)
     try:
         ctx.repo.record_report(
-            place.process.id,
-            place.cycle.seq,
-            worker_id,
-            place.assignment.epoch,
-            num_samples,
-            name,
-            ctx.clock.now(),
+            place.process.id, seq, grant.worker_id, epoch, num_samples, name, ctx.clock.now()
         )
-    except Conflict:
-        if stored:  # the cycle closed (or a twin report won) meanwhile: leave no orphan
-            ctx.blobs.delete(name)
+    except Conflict:  # the cycle closed or a twin report won meanwhile: drop our own bytes
+        ctx.blobs.delete(name)
         raise
-    if uploaded:
-        ctx.blobs.delete(upload)
-    return {"status": "success"}
 
 
-def _uploaded_diff(ctx: Context, name: str) -> bytes:
+def _uploaded_diff(ctx: Context, place: Place, name: str, max_bytes: int) -> bytes:
     try:
-        return ctx.blobs.get(name, max_bytes=ctx.settings.max_upload_bytes)
+        return ctx.blobs.get(name, max_bytes=max_bytes)
     except NotFound as missing:
         if missing.code == "too_large":
-            raise PayloadTooLarge("The uploaded diff is too large", "too_large") from None
+            raise PayloadTooLarge(
+                f"The uploaded diff is larger than this model's ({max_bytes} bytes)"
+            ) from None
+        seq, worker_id = place.cycle.seq, place.assignment.worker_id
+        now = ctx.repo.get_assignment(place.process.id, seq, worker_id)
+        if now is not None and now.reported:  # a twin report took the upload and counted
+            raise Conflict(
+                "This worker already reported for this cycle", "already_reported"
+            ) from None
         raise BadRequest(
             "No uploaded diff found: PUT it to the URL from report-upload-url first",
             "missing_upload",
         ) from None
+
+
+def admit_speed_test(ctx: Context, args: Mapping[str, Any]) -> None:
+    """The speed test is for known workers of a training process only."""
+    fields = Fields(args, what="the query")
+    worker = known_worker(ctx, worker_id_field(fields))
+    fields.text("random", required=True, max_length=limits.MAX_KEY_LENGTH)
+    process = ctx.repo.get_process(worker.process_id)
+    if process is None or process.status is not ProcessStatus.TRAINING:
+        raise Conflict("The speed test is for workers of a training process", "not_training")
+
+
+def speed_test(ctx: Context, args: Mapping[str, Any]) -> bytes | dict[str, Any]:
+    """PyGrid's download speed test: a random sample, or ``{}`` for a ping."""
+    admit_speed_test(ctx, args)
+    if args.get("is_ping") in ("1", "true", "True"):
+        return {}
+    return secrets.token_bytes(ctx.settings.speed_test_bytes)

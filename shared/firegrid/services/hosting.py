@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from firegrid.domain import blobs
+from firegrid.domain import blobs, limits
 from firegrid.domain.config import ClientConfig, ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus, deadline_for
 from firegrid.domain.diffs import schema_of
 from firegrid.domain.errors import BadRequest, Conflict
+from firegrid.domain.fields import Fields, is_reserved_name
 from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
-from firegrid.services._fields import base64_bytes
 from firegrid.services.context import Context
 from firegrid.tensors import decode_state
 
@@ -41,16 +42,14 @@ def new_cycle(process: Process, seq: int, ctx: Context) -> Cycle:
 
 def host_training(ctx: Context, body: Mapping[str, Any]) -> str:
     """Validate everything, then store checkpoint 1, the plans and cycle 1."""
-    client_config = ClientConfig.parse(body.get("client_config"))
-    server_config = ServerConfig.parse(body.get("server_config"))
-    model_bytes = base64_bytes(body.get("model"), "model")
+    fields = Fields(body)
+    client_config = ClientConfig.parse(fields.raw.get("client_config"))
+    server_config = ServerConfig.parse(fields.raw.get("server_config"))
+    ctx.verifier.check(server_config.authentication)
+    model_bytes = fields.base64("model")
     model = decode_state(model_bytes, "model")
-    if not model:
-        raise BadRequest("model has no tensors", "invalid_model")
-    for name, tensor in model.items():
-        if np.issubdtype(tensor.dtype, np.floating) and not np.isfinite(tensor).all():
-            raise BadRequest(f"model tensor '{name}' contains NaN or Inf", "invalid_model")
-    plans = _decode_plans(body.get("plans"), model)
+    _check_model(model)
+    plans = _decode_plans(fields.raw.get("plans"), model)
 
     process_id = process_id_for(client_config.name, client_config.version)
     if ctx.repo.get_process(process_id) is not None:
@@ -93,16 +92,35 @@ def _duplicate(config: ClientConfig) -> Conflict:
     )
 
 
+def _check_model(model: Mapping[str, Any]) -> None:
+    if not model:
+        raise BadRequest("model has no tensors", "invalid_model")
+    if len(model) > limits.MAX_TENSORS:
+        raise BadRequest(f"model has more than {limits.MAX_TENSORS} tensors", "invalid_model")
+    for name, tensor in model.items():
+        if len(name) > limits.MAX_TENSOR_NAME_LENGTH or is_reserved_name(name):
+            raise BadRequest(f"model tensor name {name[:80]!r} is not allowed", "invalid_model")
+        if np.issubdtype(tensor.dtype, np.floating) and not np.isfinite(tensor).all():
+            raise BadRequest(f"model tensor '{name}' contains NaN or Inf", "invalid_model")
+
+
+_PLAN_NAME = re.compile(r"[A-Za-z0-9_]{1,64}", re.ASCII)
+
+
 def _decode_plans(raw: object, model: Mapping[str, Any]) -> dict[str, bytes]:
     if not isinstance(raw, Mapping) or TRAINING_PLAN not in raw:
         raise BadRequest("'plans' must be an object with a 'training_plan'", "invalid_plan")
     from firegrid.plans import validate_plan  # imports torch: hosting only
 
     plans = {}
-    for name, encoded in raw.items():
-        if not isinstance(name, str) or not name.replace("_", "").isalnum():
-            raise BadRequest(f"plan name {name!r} must be letters, digits and _", "invalid_plan")
-        data = base64_bytes(encoded, f"plans.{name}")
+    encoded = Fields(raw, prefix="plans.")
+    for name in raw:
+        if _PLAN_NAME.fullmatch(name) is None:
+            shown = name[:80]
+            raise BadRequest(
+                f"plan name {shown!r} must be 1-64 ASCII letters, digits and _", "invalid_plan"
+            )
+        data = encoded.base64(name)
         validate_plan(data, model, name)
         plans[name] = data
     return plans

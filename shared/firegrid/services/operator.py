@@ -7,23 +7,20 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-from firegrid.domain import blobs
+from firegrid.domain import blobs, limits
 from firegrid.domain.errors import BadRequest, NotFound
+from firegrid.domain.fields import Fields
+from firegrid.domain.keys import pseudonym
 from firegrid.domain.model import Process
-from firegrid.services import _fields as fields
 from firegrid.services import pool
 from firegrid.services.context import Context
+from firegrid.services.lookups import known_worker, named_process, worker_id_field
 
 LEAF_COLUMNS = ("client_id", "round_number", "hierarchy", "num_samples", "set", "accuracy", "loss")
 
 
 def _process(ctx: Context, args: Mapping[str, Any]) -> Process:
-    name = fields.required_str(args, "name")
-    version = fields.optional_version(args, "version")
-    process = ctx.repo.find_process(name, version)
-    if process is None:
-        raise NotFound(f"No training process for model '{name}'", "unknown_process")
-    return process
+    return named_process(ctx, Fields(args, what="the query"))
 
 
 def status(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,52 +54,52 @@ def status(ctx: Context, args: Mapping[str, Any]) -> dict[str, Any]:
 
 def retrieve_model(ctx: Context, args: Mapping[str, Any]) -> bytes:
     process = _process(ctx, args)
-    wanted = args.get("checkpoint") or "latest"
-    if wanted == "latest":
-        number = process.latest_checkpoint
-    elif isinstance(wanted, str) and wanted.isdigit():
-        number = int(wanted)
-    else:
-        raise BadRequest("'checkpoint' must be 'latest' or a number", "invalid_field")
-    if not 1 <= number <= process.latest_checkpoint:
-        raise NotFound(f"Checkpoint {number} not found", "unknown_checkpoint")
+    query = Fields(args, what="the query")
+    wanted = query.raw.get("checkpoint") or "latest"
+    number = process.latest_checkpoint if wanted == "latest" else query.digits("checkpoint")
+    if number is None or not 1 <= number <= process.latest_checkpoint:
+        raise NotFound(f"Checkpoint {wanted} not found", "unknown_checkpoint")
     return ctx.blobs.get(blobs.checkpoint_object(process.id, number))
 
 
 def post_metrics(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
-    worker_id = fields.required_str(body, "worker_id")
-    worker = ctx.repo.get_worker(worker_id)
-    if worker is None:
-        raise NotFound("Worker not found: authenticate first", "unknown_worker")
-    stats = body.get("stats")
-    if not isinstance(stats, list) or not stats or len(stats) > 100:
-        raise BadRequest("'stats' must be a list of 1 to 100 objects", "invalid_field")
-    rows = [_metric_row(worker_id, entry) for entry in stats]
+    fields = Fields(body)
+    worker = known_worker(ctx, worker_id_field(fields))
+    process = ctx.repo.get_process(worker.process_id)
+    if process is None:
+        raise NotFound("The worker's process no longer exists", "unknown_process")
+    stats = fields.raw.get("stats")
+    if not isinstance(stats, list) or not 1 <= len(stats) <= limits.MAX_STATS_PER_POST:
+        raise BadRequest(
+            f"'stats' must be a list of 1 to {limits.MAX_STATS_PER_POST} objects", "invalid_field"
+        )
+    rows = [_metric_row(pseudonym(worker.id), process, entry) for entry in stats]
     stored = ctx.repo.add_metrics(worker.process_id, rows)
     return {"status": "success", "stored": stored}
 
 
 _NUMERIC_EXTRAS = ("loss", "train_time_s", "download_time_s", "upload_time_s", "eval_time_s")
+METRIC_SETS = ("test", "train")
 
 
-def _metric_row(worker_id: str, entry: object) -> dict[str, Any]:
-    if not isinstance(entry, Mapping):
-        raise BadRequest("each entry of 'stats' must be an object", "invalid_field")
-    cycle_id = entry.get("cycle_id")
-    if isinstance(cycle_id, bool) or not isinstance(cycle_id, int) or cycle_id < 1:
-        raise BadRequest("'cycle_id' must be a positive integer", "invalid_field")
-    accuracy = fields.optional_number(entry, "accuracy")
-    if accuracy is None or accuracy > 1:
-        raise BadRequest("'accuracy' is required, between 0 and 1", "invalid_field")
+def _metric_row(client_id: str, process: Process, entry: object) -> dict[str, Any]:
+    fields = Fields(entry, what="each entry of 'stats'")
     row: dict[str, Any] = {
-        "worker_id": worker_id,
-        "cycle_id": cycle_id,
-        "accuracy": accuracy,
-        "num_samples": fields.positive_int(entry, "num_samples"),
-        "set": entry.get("set") if entry.get("set") in ("test", "train") else "test",
+        "client_id": client_id,
+        "cycle_id": fields.integer(
+            "cycle_id", required=True, minimum=1, maximum=process.current_cycle
+        ),
+        "accuracy": fields.number("accuracy", required=True, maximum=1.0),
+        "num_samples": fields.integer(
+            "num_samples",
+            required=True,
+            minimum=1,
+            maximum=process.server_config.max_num_samples,
+        ),
+        "set": fields.choice("set", METRIC_SETS, "test"),
     }
     for key in _NUMERIC_EXTRAS:
-        value = fields.optional_number(entry, key)
+        value = fields.number(key, maximum=limits.MAX_METRIC_VALUE)
         if value is not None:
             row[key] = value
     return row
@@ -120,7 +117,7 @@ def metrics_csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow(
             [
-                row["worker_id"],
+                row["client_id"],
                 row["cycle_id"],
                 "",
                 row["num_samples"],

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from firegrid.domain import limits
 from firegrid.domain.acceptance import may_rejoin
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.errors import BadRequest, NotFound
+from firegrid.domain.fields import Fields
 from firegrid.domain.model import Process, Worker
 from firegrid.domain.push import PushType, messages_to, push_data
 from firegrid.domain.selection import Candidate, RoundState, invitations_wanted, select
-from firegrid.services import _fields as fields
 from firegrid.services.context import Context
+from firegrid.services.lookups import known_worker, named_process, worker_id_field
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +35,6 @@ INVITE_LOCK = "invite"
 INVITE_LOCK_TTL = timedelta(seconds=60)
 
 
-def _worker(ctx: Context, worker_id: str) -> Worker:
-    worker = ctx.repo.get_worker(worker_id)
-    if worker is None:
-        raise NotFound("Worker not found: authenticate first", "unknown_worker")
-    return worker
-
-
 def _process_of(ctx: Context, worker: Worker) -> Process:
     process = ctx.repo.get_process(worker.process_id)
     if process is None:
@@ -46,16 +42,25 @@ def _process_of(ctx: Context, worker: Worker) -> Process:
     return process
 
 
+_FCM_TOKEN = re.compile(r"[\x21-\x7e]+", re.ASCII)
+"""FCM registration tokens are printable ASCII without spaces."""
+
+
 def register_token(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     """``register-token`` (the fork's ``save-fcm-token``): the worker joins the pool."""
-    worker = _worker(ctx, fields.required_str(body, "worker_id"))
-    token = fields.required_str(body, "fcm_token", "fcm_device_token")
-    if len(token) > 4096:
-        raise BadRequest("'fcm_token' is too long", "invalid_field")
-    ram_gb = fields.optional_number(body, "ram_gb")
-    cores = fields.optional_number(body, "cpu_cores")
+    fields = Fields(body)
+    worker = known_worker(ctx, worker_id_field(fields))
+    token = fields.text(
+        "fcm_token",
+        "fcm_device_token",
+        required=True,
+        max_length=limits.MAX_FCM_TOKEN_LENGTH,
+        pattern=_FCM_TOKEN,
+    )
+    ram_gb = fields.number("ram_gb", maximum=limits.MAX_RAM_GB)
+    cores = fields.whole_number("cpu_cores", maximum=limits.MAX_CPU_CORES)
     process = _process_of(ctx, worker)
-    model = fields.optional_str(body, "model")
+    model = fields.text("model", max_length=limits.MAX_NAME_LENGTH)
     if model is not None and model != process.name:
         raise BadRequest(
             "'model' is not the process this worker authenticated for", "wrong_process"
@@ -65,7 +70,7 @@ def register_token(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
         worker,
         token,
         ram_gb=ram_gb,
-        cpu_cores=int(cores) if cores is not None else None,
+        cpu_cores=cores,
         slow=ram_gb is not None and ram_gb < SLOW_RAM_GB,
         available_until=ctx.clock.now() + ttl,
     )
@@ -74,10 +79,11 @@ def register_token(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
 
 def worker_status(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     """``worker-status`` (the fork's ``update-worker-status``): confirm or withdraw availability."""
-    worker = _worker(ctx, fields.required_str(body, "worker_id"))
-    available = body.get("available")
-    if not isinstance(available, bool):
+    fields = Fields(body)
+    worker = known_worker(ctx, worker_id_field(fields))
+    if not isinstance(fields.raw.get("available"), bool):
         raise BadRequest("'available' must be true or false", "invalid_field")
+    available = fields.flag("available")
     process = _process_of(ctx, worker)
     ttl = timedelta(seconds=process.server_config.availability_ttl)
     ctx.repo.set_available(worker.id, available, ctx.clock.now() + ttl if available else None)
@@ -244,16 +250,11 @@ def _ask_for_availability(
 
 def operator_push(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     """``admin/push``: send a message type to every registered worker of a process."""
-    name = fields.required_str(body, "name")
-    version = fields.optional_version(body, "version")
-    try:
-        push_type = PushType(fields.required_str(body, "type"))
-    except ValueError:
-        allowed = ", ".join(t.value for t in PushType)
-        raise BadRequest(f"'type' must be one of {allowed}", "invalid_field") from None
-    process = ctx.repo.find_process(name, version)
-    if process is None:
-        raise NotFound(f"No training process for model '{name}'", "unknown_process")
+    fields = Fields(body)
+    if not fields.present("type"):
+        raise BadRequest("'type' is required", "missing_field")
+    push_type = PushType(fields.choice("type", (t.value for t in PushType), ""))
+    process = named_process(ctx, fields)
     cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
     result = push(
         ctx, process, push_type, ctx.repo.process_workers(process.id),

@@ -1,0 +1,51 @@
+"""What the device and operator use cases look up first: a process by name, a worker by id.
+
+A worker id is the device's credential: an id this server does not know, and
+an id of another process, are answered alike (401 ``unknown_worker``), so a
+caller learns nothing about other processes' workers.
+"""
+
+from __future__ import annotations
+
+from firegrid.domain import limits
+from firegrid.domain.errors import NotFound, Unauthorized
+from firegrid.domain.fields import Fields
+from firegrid.domain.keys import WORKER_ID
+from firegrid.domain.model import Process, Worker
+from firegrid.services.context import Context
+
+UNKNOWN_WORKER = "Unknown worker for this model: authenticate first"
+
+
+def model_name(fields: Fields, key: str) -> str:
+    return fields.text(key, required=True, max_length=limits.MAX_NAME_LENGTH)
+
+
+def process_by_name(ctx: Context, name: str, version: str | None) -> Process:
+    process = ctx.repo.find_process(name, version)
+    if process is None:
+        wanted = f"'{name}'" + (f" version '{version}'" if version else "")
+        raise NotFound(f"No training process for model {wanted}", "unknown_process")
+    return process
+
+
+def named_process(ctx: Context, fields: Fields) -> Process:
+    """The process an operator call names with ``name`` and an optional ``version``."""
+    return process_by_name(ctx, model_name(fields, "name"), fields.version("version"))
+
+
+def worker_id_field(fields: Fields) -> str:
+    return fields.text("worker_id", required=True, max_length=limits.MAX_KEY_LENGTH)
+
+
+def find_worker(ctx: Context, worker_id: str) -> Worker | None:
+    """The worker, if ``worker_id`` has the form this server issues and is stored."""
+    return ctx.repo.get_worker(worker_id) if WORKER_ID.fullmatch(worker_id) else None
+
+
+def known_worker(ctx: Context, worker_id: str, process: Process | None = None) -> Worker:
+    """The worker, or 401: an unknown id and another process's id look the same."""
+    worker = find_worker(ctx, worker_id)
+    if worker is None or (process is not None and worker.process_id != process.id):
+        raise Unauthorized(UNKNOWN_WORKER, "unknown_worker")
+    return worker
