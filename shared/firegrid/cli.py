@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "metrics": "firegrid.client.metrics_command",
     "simulate": "firegrid.client.simulate_command",
     "push": "firegrid.client.push_command",
+    "fuzz": "firegrid.local.fuzz",
 }
 """Verb -> module that registers it."""
 

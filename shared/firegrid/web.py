@@ -119,10 +119,15 @@ def dispatch(
     try:
         handler = routes.get((request.method, path))
         if handler is None:
-            if any(route_path == path for _, route_path in routes):
-                raise MethodNotAllowed(
-                    f"{request.method} is not allowed on {path}", "method_not_allowed"
+            allowed = sorted({method for method, route_path in routes if route_path == path})
+            if allowed:
+                refused = error_response(
+                    MethodNotAllowed(
+                        f"{request.method} is not allowed on {path}", "method_not_allowed"
+                    )
                 )
+                refused.headers["Allow"] = ", ".join(allowed)
+                return refused
             raise NotFound(f"No such endpoint: {path}", "not_found")
         ctx = context()
         if guard is not None:

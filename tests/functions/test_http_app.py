@@ -190,6 +190,7 @@ def test_a_wrong_method_is_405(app, method, path) -> None:
 
     assert response.status_code == 405
     assert response.json["code"] == "method_not_allowed"
+    assert response.headers["Allow"] == "POST"  # RFC 9110: a 405 names what is allowed
 
 
 def test_an_unhandled_exception_is_a_bare_500_without_a_traceback(ctx, app) -> None:

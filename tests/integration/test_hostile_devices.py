@@ -278,3 +278,26 @@ def test_a_claim_left_by_a_dead_instance_does_not_block_the_retry(
     monkeypatch.setattr(firestore_repo, "REPORT_CLAIM_TTL", firestore_repo.timedelta(0))
     repo.record_report(process_id, 1, worker_id, 0, 3, "diffs/x", datetime.now(UTC))
     assert repo.get_assignment(process_id, 1, worker_id).reported
+
+
+def test_reports_racing_the_closing_are_counted_or_leave_nothing(api: Api, stack_env) -> None:
+    """Every 200 is in the aggregate; every late report (409) leaves no object behind."""
+    from google.cloud import firestore
+
+    process_id = api.host(max_diffs=2)
+    joined = [api.join() for _ in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda j: api.report(j[0], j[1]["request_key"]), joined))
+    accepted = sum(1 for a in answers if a.status_code == 200)
+    assert {a.status_code for a in answers} <= {200, 409}
+    assert {a.json()["code"] for a in answers if a.status_code == 409} <= {"cycle_closed"}
+    wait_for(lambda: cycle_seq(api) == 2, what="cycle 1 to close")
+
+    db = firestore.Client(project=stack_env.project_id)
+    cycle = (
+        db.collection("processes").document(process_id).collection("cycles").document("1")
+    ).get()
+    assert cycle.get("num_diffs") == accepted
+    bucket = storage.Client().bucket(stack_env.bucket)
+    stored = list(bucket.list_blobs(prefix=f"processes/{process_id}/diffs/1/"))
+    assert len(stored) == accepted

@@ -86,7 +86,8 @@ def test_a_firestore_write_reaches_the_matching_function(
     }
     assert routed == {
         ("on-cycle-written", "documents/processes/p-route/cycles/1", True),
-        ("on-assignment-written", "documents/processes/p-route/cycles/1/assignments/w1", True),
+        # Worker ids are credentials: the router's records shorten them.
+        ("on-assignment-written", "documents/processes/p-route/cycles/1/assignments/…", True),
     }
 
 

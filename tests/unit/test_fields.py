@@ -136,3 +136,14 @@ def test_check_storable_bounds_nesting() -> None:
     with pytest.raises(BadRequest, match="nested too deeply"):
         check_storable(deep, "body")
     check_storable({"a": [1, 2.5, "x", None, True, {"b": -(2**63)}]}, "body")
+
+
+def test_a_field_and_its_alias_together_are_refused() -> None:
+    """The alias's value would be silently ignored otherwise (the fuzzer found it)."""
+    fields = Fields({"fcm_token": "a", "fcm_device_token": "b c"})
+    with pytest.raises(BadRequest, match="name the same field"):
+        fields.text("fcm_token", "fcm_device_token")
+    assert (
+        Fields({"fcm_device_token": "b", "fcm_token": None}).text("fcm_token", "fcm_device_token")
+        == "b"
+    )

@@ -62,12 +62,12 @@ class Fields:
         return BadRequest(f"'{self._prefix}{key}' is required", self._missing)
 
     def _find(self, key: str, aliases: tuple[str, ...]) -> tuple[str, Any]:
-        """The first of ``key`` and its aliases that is present and not null."""
-        for name in (key, *aliases):
-            value = self.raw.get(name)
-            if value is not None:
-                return name, value
-        return key, None
+        """``key`` or the one alias of it that is present and not null."""
+        present = [name for name in (key, *aliases) if self.raw.get(name) is not None]
+        if len(present) > 1:
+            names = " and ".join(f"'{self._prefix}{name}'" for name in present)
+            raise BadRequest(f"{names} name the same field: send one of them", self._invalid)
+        return (present[0], self.raw[present[0]]) if present else (key, None)
 
     def present(self, key: str) -> bool:
         return self.raw.get(key) is not None

@@ -65,6 +65,7 @@ def retrieve_model(ctx: Context, args: Mapping[str, Any]) -> bytes:
 def post_metrics(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     fields = Fields(body)
     worker = known_worker(ctx, worker_id_field(fields))
+    fields.text("request_key", max_length=limits.MAX_KEY_LENGTH)  # the fork's shape; unused
     process = ctx.repo.get_process(worker.process_id)
     if process is None:
         raise NotFound("The worker's process no longer exists", "unknown_process")
