@@ -301,3 +301,26 @@ def test_reports_racing_the_closing_are_counted_or_leave_nothing(api: Api, stack
     bucket = storage.Client().bucket(stack_env.bucket)
     stored = list(bucket.list_blobs(prefix=f"processes/{process_id}/diffs/1/"))
     assert len(stored) == accepted
+
+
+def test_a_sample_total_beyond_int64_is_stored_not_jammed(api: Api, stack_env) -> None:
+    """Whatever the counts, completing a cycle never fails on Firestore's int64."""
+    from datetime import UTC, datetime
+
+    from google.cloud import firestore
+
+    from firegrid.adapters.firestore_repo import FirestoreRepository
+    from firegrid.domain.model import CycleSummary
+
+    process_id = api.host()
+    repo = FirestoreRepository(firestore.Client(project=stack_env.project_id))
+    now = datetime.now(UTC)
+    # Closing, with a lease this test holds: the cycle trigger that fires cannot take it.
+    lease = now.replace(year=now.year + 1)
+    repo._cycle_ref(process_id, 1).update({"status": "closing", "closing_lease_until": lease})
+    summary = CycleSummary(num_diffs=3, total_samples=2**70, checkpoint_out=2, closed_at=now)
+
+    assert repo.complete_cycle(process_id, 1, summary, next_cycle=None)
+
+    stored = repo._cycle_ref(process_id, 1).get().get("total_samples")
+    assert stored == float(2**70)

@@ -26,6 +26,7 @@ from typing import Any
 
 import requests
 
+from firegrid.local._process import StackError
 from firegrid.local.stack import DEFAULT_DIR, StackInfo, load_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -115,9 +116,7 @@ def host_fuzz_process(info: StackInfo) -> None:
         timeout=120,
     )
     if response.status_code not in (201, 409):  # 409: hosted by an earlier run
-        raise RuntimeError(
-            f"could not host the fuzz process: {response.status_code} {response.text}"
-        )
+        raise StackError(f"could not host the fuzz process: HTTP {response.status_code}")
 
 
 def run_fuzz(
@@ -129,13 +128,18 @@ def run_fuzz(
     report_dir: Path | None = None,
     echo: bool = False,
 ) -> FuzzResult:
+    executable = Path(sys.executable).with_name("schemathesis")
+    if not executable.exists():
+        raise StackError(
+            "schemathesis is not installed: pip install -e '.[dev]' (it is a development tool)"
+        )
     host_fuzz_process(info)
     with tempfile.TemporaryDirectory(prefix="firegrid-fuzz-") as scratch:
         reports = report_dir or Path(scratch)
         reports.mkdir(parents=True, exist_ok=True)
         json_path, har_path = reports / "run.json", reports / "requests.har"
         command = [
-            str(Path(sys.executable).with_name("schemathesis")),
+            str(executable),
             "run", str(SPEC),
             "--url", info.base_url,
             "--header", f"Authorization: Bearer {info.admin_token}",
@@ -158,7 +162,7 @@ def run_fuzz(
             command, env=env, cwd=scratch, capture_output=not echo, text=True, check=False
         )  # cwd: schemathesis keeps a cache directory where it runs
         if not json_path.exists():
-            raise RuntimeError(f"schemathesis did not run:\n{done.stdout}\n{done.stderr}")
+            raise StackError(f"schemathesis did not run:\n{done.stdout}\n{done.stderr}")
         report = json.loads(json_path.read_text())
         statuses = _statuses(json.loads(har_path.read_text()))
         return FuzzResult(
