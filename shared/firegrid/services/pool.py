@@ -61,9 +61,8 @@ def register_token(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     cores = fields.whole_number("cpu_cores", maximum=limits.MAX_CPU_CORES)
     process = _process_of(ctx, worker)
     model = fields.text("model", max_length=limits.MAX_NAME_LENGTH)
-    fields.version(
-        "version"
-    )  # PyGrid clients send it; bounded, though the worker names its process
+    # PyGrid clients send a version; it is bounded, though the worker names its process.
+    fields.version("version")
     if model is not None and model != process.name:
         raise BadRequest(
             "'model' is not the process this worker authenticated for", "wrong_process"
