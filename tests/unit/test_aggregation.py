@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from firegrid.domain.aggregation import AggregationError, Contribution, aggregate, fedavg_weights
+from firegrid.domain.aggregation import (
+    RULES,
+    Aggregation,
+    AggregationFailed,
+    Contribution,
+    Options,
+    aggregate,
+    fedavg_weights,
+)
 
 
 def _random_model(rng: np.random.Generator, dtype: str = "float64") -> dict[str, np.ndarray]:
@@ -20,7 +28,7 @@ def test_fedavg_equals_leaf_full_weight_formula(seed: int) -> None:
     samples = [int(n) for n in rng.integers(1, 500, size=7)]
     diffs = [{k: old[k] - w[k] for k in old} for w in trained]
 
-    new, count = aggregate(
+    new, step = aggregate(
         old, (Contribution(diff=d, weight=n) for d, n in zip(diffs, samples, strict=True))
     )
 
@@ -28,7 +36,7 @@ def test_fedavg_equals_leaf_full_weight_formula(seed: int) -> None:
     for name in old:
         leaf = sum(n * w[name] for n, w in zip(samples, trained, strict=True)) / total
         np.testing.assert_allclose(new[name], leaf, atol=1e-6, rtol=0)
-    assert count == 7
+    assert (step.num_diffs, step.total_weight) == (7, total)
 
 
 def test_fedavg_keeps_float32_within_tolerance() -> None:
@@ -76,11 +84,11 @@ def test_median_and_trimmed_mean_resist_an_outlier() -> None:
 
 def test_mismatched_keys_and_shapes_fail_loudly() -> None:
     old = {"w": np.zeros(2)}
-    with pytest.raises(AggregationError, match="missing"):
+    with pytest.raises(AggregationFailed, match="missing"):
         aggregate(old, [Contribution(diff={"v": np.zeros(2)}, weight=1)])
-    with pytest.raises(AggregationError, match="shape"):
+    with pytest.raises(AggregationFailed, match="shape"):
         aggregate(old, [Contribution(diff={"w": np.zeros(3)}, weight=1)])
-    with pytest.raises(AggregationError, match="no diffs"):
+    with pytest.raises(AggregationFailed, match="no diffs"):
         aggregate(old, [])
 
 
@@ -144,3 +152,30 @@ def test_one_huge_count_no_longer_owns_the_average() -> None:
     new, _ = aggregate(old, [*honest, hostile])
     # Capped at half the weight: the average is (1 + -100) / 2 instead of -100.
     assert new["w"][0] == pytest.approx(-(1.0 - 100.0) / 2)
+
+
+def test_every_method_has_one_rule_with_one_signature() -> None:
+    old = {"w": np.zeros(2)}
+    contributions = [Contribution(diff={"w": np.array([v, -v])}, weight=2) for v in (1.0, 3.0)]
+    assert set(RULES) == set(Aggregation)
+    for method, rule in RULES.items():
+        step = rule(old, iter(contributions), Options())
+        assert step.num_diffs == 2, method
+        np.testing.assert_allclose(step.delta["w"], [2.0, -2.0])
+
+
+def test_methods_are_validated_at_hosting() -> None:
+    from firegrid.domain.config import ServerConfig
+    from firegrid.domain.errors import BadRequest
+
+    parsed = ServerConfig.parse({"cycle_length": 5, "num_cycles": 1, "aggregation": "median"})
+    assert parsed.aggregation is Aggregation.MEDIAN
+    assert ServerConfig.from_dict(parsed.to_dict()).aggregation is Aggregation.MEDIAN
+    with pytest.raises(BadRequest, match="'aggregation' must be one of fedavg, mean"):
+        ServerConfig.parse({"cycle_length": 5, "num_cycles": 1, "aggregation": "sum"})
+
+
+def test_an_aggregation_failure_is_the_servers_not_a_400() -> None:
+    with pytest.raises(AggregationFailed) as failed:
+        aggregate({"w": np.zeros(2)}, [])
+    assert (failed.value.status, failed.value.code) == (500, "aggregation_failed")

@@ -1,33 +1,177 @@
-"""Aggregating diffs into the next checkpoint.
+"""Aggregating diffs into the next checkpoint: one pure rule per method, one signature.
 
-``fedavg`` and ``mean`` stream: each diff is folded into a float64 running
-sum and dropped, so memory is O(model) however many devices report.
-``median`` and ``trimmed_mean`` need every value per coordinate and hold all
-diffs (O(diffs x model)); they exist for robustness, not for big cohorts.
+A rule folds the cycle's contributions into a ``Step``: the averaged diff (float64)
+and its totals. ``fedavg`` and ``mean`` stream: each diff is folded into a running
+sum and dropped, so memory is O(model) however many devices report. ``median``
+and ``trimmed_mean`` need every value per coordinate and hold all diffs
+(O(diffs x model)); they exist for robustness, not for big cohorts.
 
-With PyGrid's diff convention ``diff = before - after`` the step is
-``new = old - server_lr * sum(n_k * diff_k) / sum(n_k)``; with ``server_lr = 1``
-that is exactly LEAF's ``sum(n_k * w_k) / sum(n_k)``.
+With PyGrid's diff convention ``diff = before - after`` the update is
+``new = old - server_lr * step``; with ``fedavg`` and ``server_lr = 1`` that is
+exactly LEAF's ``sum(n_k * w_k) / sum(n_k)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 
-from firegrid.domain.errors import BadRequest
+from firegrid.domain.errors import FireGridError
 
 StateDict = dict[str, npt.NDArray[np.generic]]
+Tensors = Mapping[str, npt.NDArray[np.generic]]
+
+
+class Aggregation(StrEnum):
+    """``server_config.aggregation``."""
+
+    FEDAVG = "fedavg"
+    """LEAF's sample-weighted average."""
+    MEAN = "mean"
+    """PyGrid's plain average."""
+    MEDIAN = "median"
+    """Coordinate-wise median."""
+    TRIMMED_MEAN = "trimmed_mean"
+    """Coordinate-wise mean without ``trim_fraction`` of each end."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Contribution:
-    diff: Mapping[str, npt.NDArray[np.generic]]
+    diff: Tensors
     weight: float
     """The report's FedAvg weight: its sample count, capped by ``fedavg_weights``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """What a rule made of a cycle's contributions."""
+
+    delta: dict[str, npt.NDArray[np.float64]]
+    """The averaged diff, subtracted from the checkpoint (times ``server_lr``)."""
+    num_diffs: int
+    total_weight: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    trim_fraction: float = 0.1
+    """``trimmed_mean``: fraction cut from each end."""
+
+
+class AggregationFailed(FireGridError):
+    """The diffs of a cycle could not be aggregated: a server-side failure, not the
+    caller's (no device request ever aggregates)."""
+
+    status = 500
+    default_code = "aggregation_failed"
+
+
+Rule = Callable[[Tensors, Iterable[Contribution], Options], Step]
+
+
+def _check_keys(reference: Mapping[str, object], diff: Mapping[str, object]) -> None:
+    if set(reference) != set(diff):
+        missing = sorted(set(reference) - set(diff))
+        extra = sorted(set(diff) - set(reference))
+        raise AggregationFailed(f"diff keys differ: missing {missing}, unexpected {extra}")
+
+
+def _weighted_sum(
+    template: Tensors, contributions: Iterable[Contribution], weigh: Callable[[float], float]
+) -> Step:
+    """The running float64 sum of ``weigh(weight) * diff``, divided by the total weight."""
+    total = {k: np.zeros(v.shape, dtype=np.float64) for k, v in template.items()}
+    total_weight, count = 0.0, 0
+    for contribution in contributions:
+        _check_keys(total, contribution.diff)
+        weight = weigh(contribution.weight)
+        for name, acc in total.items():
+            update = contribution.diff[name]
+            if update.shape != acc.shape:
+                raise AggregationFailed(f"diff '{name}' has shape {update.shape}, not {acc.shape}")
+            acc += weight * update.astype(np.float64, copy=False)
+        total_weight += weight
+        count += 1
+    if count == 0 or total_weight <= 0:
+        raise AggregationFailed("no diffs to aggregate")
+    delta = {k: v / total_weight for k, v in total.items()}
+    return Step(delta=delta, num_diffs=count, total_weight=total_weight)
+
+
+def fedavg(template: Tensors, contributions: Iterable[Contribution], options: Options) -> Step:
+    return _weighted_sum(template, contributions, lambda weight: weight)
+
+
+def mean(template: Tensors, contributions: Iterable[Contribution], options: Options) -> Step:
+    return _weighted_sum(template, contributions, lambda weight: 1.0)
+
+
+def _stacked(
+    template: Tensors, contributions: Iterable[Contribution]
+) -> tuple[dict[str, npt.NDArray[np.float64]], int]:
+    columns: dict[str, list[npt.NDArray[np.float64]]] = {k: [] for k in template}
+    count = 0
+    for contribution in contributions:
+        _check_keys(template, contribution.diff)
+        for name, values in columns.items():
+            values.append(contribution.diff[name].astype(np.float64))
+        count += 1
+    if count == 0:
+        raise AggregationFailed("no diffs to aggregate")
+    return {name: np.stack(values) for name, values in columns.items()}, count
+
+
+def median(template: Tensors, contributions: Iterable[Contribution], options: Options) -> Step:
+    stacked, count = _stacked(template, contributions)
+    delta = {name: np.median(values, axis=0) for name, values in stacked.items()}
+    return Step(delta=delta, num_diffs=count, total_weight=float(count))
+
+
+def trimmed_mean(
+    template: Tensors, contributions: Iterable[Contribution], options: Options
+) -> Step:
+    stacked, count = _stacked(template, contributions)
+    cut = int(options.trim_fraction * count)
+    delta = {
+        name: np.sort(values, axis=0)[cut : count - cut].mean(axis=0)
+        for name, values in stacked.items()
+    }
+    return Step(delta=delta, num_diffs=count, total_weight=float(count - 2 * cut))
+
+
+RULES: Mapping[Aggregation, Rule] = {
+    Aggregation.FEDAVG: fedavg,
+    Aggregation.MEAN: mean,
+    Aggregation.MEDIAN: median,
+    Aggregation.TRIMMED_MEAN: trimmed_mean,
+}
+
+
+def apply_step(checkpoint: Tensors, step: Step, server_lr: float = 1.0) -> StateDict:
+    """The next checkpoint, in the checkpoint's dtypes."""
+    return {
+        name: (old.astype(np.float64) - server_lr * step.delta[name]).astype(old.dtype)
+        for name, old in checkpoint.items()
+    }
+
+
+def aggregate(
+    checkpoint: Tensors,
+    contributions: Iterable[Contribution],
+    *,
+    method: Aggregation = Aggregation.FEDAVG,
+    server_lr: float = 1.0,
+    trim_fraction: float = 0.1,
+) -> tuple[StateDict, Step]:
+    """The next checkpoint and the step that made it."""
+    step = RULES[Aggregation(method)](
+        checkpoint, contributions, Options(trim_fraction=trim_fraction)
+    )
+    return apply_step(checkpoint, step, server_lr), step
 
 
 def fedavg_weights(counts: Sequence[int], max_fraction: float | None = None) -> list[float]:
@@ -57,93 +201,3 @@ def fedavg_weights(counts: Sequence[int], max_fraction: float | None = None) -> 
         if below and above:
             return [min(w, level) for w in weights]
     return [1.0] * len(weights)
-
-
-class AggregationError(BadRequest):
-    default_code = "aggregation_failed"
-
-
-def _check_keys(reference: Mapping[str, object], diff: Mapping[str, object]) -> None:
-    if set(reference) != set(diff):
-        missing = sorted(set(reference) - set(diff))
-        extra = sorted(set(diff) - set(reference))
-        raise AggregationError(f"diff keys differ: missing {missing}, unexpected {extra}")
-
-
-class StreamingSum:
-    """Running float64 sum of weighted diffs."""
-
-    def __init__(self, checkpoint: Mapping[str, npt.NDArray[np.generic]]) -> None:
-        self._sum = {k: np.zeros(v.shape, dtype=np.float64) for k, v in checkpoint.items()}
-        self.total_weight = 0.0
-        self.count = 0
-
-    def add(self, diff: Mapping[str, npt.NDArray[np.generic]], weight: float) -> None:
-        _check_keys(self._sum, diff)
-        for name, acc in self._sum.items():
-            update = diff[name]
-            if update.shape != acc.shape:
-                raise AggregationError(f"diff '{name}' has shape {update.shape}, not {acc.shape}")
-            acc += weight * update.astype(np.float64, copy=False)
-        self.total_weight += weight
-        self.count += 1
-
-    def mean(self) -> dict[str, npt.NDArray[np.float64]]:
-        if self.count == 0 or self.total_weight <= 0:
-            raise AggregationError("no diffs to aggregate")
-        return {k: v / self.total_weight for k, v in self._sum.items()}
-
-
-def _robust_mean(
-    checkpoint: Mapping[str, npt.NDArray[np.generic]],
-    contributions: Iterable[Contribution],
-    method: str,
-    trim_fraction: float,
-) -> dict[str, npt.NDArray[np.float64]]:
-    stacks: dict[str, list[npt.NDArray[np.float64]]] = {k: [] for k in checkpoint}
-    for contribution in contributions:
-        _check_keys(checkpoint, contribution.diff)
-        for name, values in stacks.items():
-            values.append(contribution.diff[name].astype(np.float64))
-    if not any(stacks.values()):
-        raise AggregationError("no diffs to aggregate")
-    result: dict[str, npt.NDArray[np.float64]] = {}
-    for name, values in stacks.items():
-        stacked = np.stack(values)
-        if method == "median":
-            result[name] = np.median(stacked, axis=0)
-        else:
-            cut = int(trim_fraction * len(values))
-            ordered = np.sort(stacked, axis=0)
-            result[name] = ordered[cut : len(values) - cut].mean(axis=0)
-    return result
-
-
-def aggregate(
-    checkpoint: Mapping[str, npt.NDArray[np.generic]],
-    contributions: Iterable[Contribution],
-    *,
-    method: str = "fedavg",
-    server_lr: float = 1.0,
-    trim_fraction: float = 0.1,
-) -> tuple[StateDict, int]:
-    """The next checkpoint (in the checkpoint's dtypes) and how many diffs went in."""
-    if method in ("fedavg", "mean"):
-        running = StreamingSum(checkpoint)
-        for contribution in contributions:
-            weight = contribution.weight if method == "fedavg" else 1.0
-            running.add(contribution.diff, weight)
-        step, count = running.mean(), running.count
-    elif method in ("median", "trimmed_mean"):
-        materialised = list(contributions)
-        step, count = (
-            _robust_mean(checkpoint, materialised, method, trim_fraction),
-            len(materialised),
-        )
-    else:
-        raise AggregationError(f"unknown aggregation '{method}'")
-    updated: StateDict = {
-        name: (old.astype(np.float64) - server_lr * step[name]).astype(old.dtype)
-        for name, old in checkpoint.items()
-    }
-    return updated, count

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from firegrid.domain import limits
+from firegrid.domain.aggregation import Aggregation
 from firegrid.domain.errors import BadRequest
 from firegrid.domain.fields import Fields, check_storable
 
-AGGREGATIONS = ("fedavg", "mean", "median", "trimmed_mean")
 POOL_SELECTIONS = ("random", "iterate")
 EXPIRY_ACTIONS = ("reset", "extend")
 LOSSES = ("cross_entropy", "mse", "bce_with_logits")
@@ -130,7 +130,7 @@ class ServerConfig:
     """cycle-request must carry the cycle's start key."""
     on_expiry: str = "reset"
     """At the deadline with too few diffs: ``reset`` or ``extend``."""
-    aggregation: str = "fedavg"
+    aggregation: Aggregation = Aggregation.FEDAVG
     """``fedavg`` (LEAF), ``mean`` (PyGrid), ``median`` or ``trimmed_mean``."""
     trim_fraction: float = 0.1
     """Fraction cut from each end by ``trimmed_mean``."""
@@ -192,7 +192,7 @@ class ServerConfig:
             worker_participation_mode=fields.int_choice("worker_participation_mode", (0, 1)),
             require_invitation=fields.flag("require_invitation"),
             on_expiry=fields.choice("on_expiry", EXPIRY_ACTIONS, "reset"),
-            aggregation=fields.choice("aggregation", AGGREGATIONS, "fedavg"),
+            aggregation=Aggregation(fields.choice("aggregation", Aggregation, "fedavg")),
             trim_fraction=_below_half(fields, "trim_fraction", 0.1),
             server_lr=_positive(fields, "server_lr", 1.0, limits.MAX_SERVER_LR),
             max_diff_norm=fields.number("max_diff_norm"),
@@ -219,7 +219,7 @@ class ServerConfig:
             raise _bad("a cycle needs a way to close: set 'cycle_length' or 'max_diffs'")
         if self.clip_diffs and self.max_diff_norm is None:
             raise _bad("'clip_diffs' needs 'max_diff_norm'")
-        if self.max_weight_fraction is not None and self.aggregation != "fedavg":
+        if self.max_weight_fraction is not None and self.aggregation is not Aggregation.FEDAVG:
             raise _bad("'max_weight_fraction' applies to 'fedavg' only")
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,6 +230,7 @@ class ServerConfig:
         """Rebuild from ``to_dict`` output (trusted, already validated)."""
         values = dict(raw)
         values["authentication"] = AuthConfig(**values.get("authentication") or {})
+        values["aggregation"] = Aggregation(values.get("aggregation", Aggregation.FEDAVG))
         return cls(**values)
 
 

@@ -55,7 +55,7 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     checkpoint = decode_state(ctx.blobs.get(blobs.checkpoint_object(process_id, seq)), "checkpoint")
     reported = list(ctx.repo.reported_assignments(process_id, seq))
     counts = [a.num_samples or 0 for a in reported]
-    updated, num_diffs = aggregate(
+    updated, step = aggregate(
         checkpoint,
         _contributions(ctx, reported, fedavg_weights(counts, config.max_weight_fraction)),
         method=config.aggregation,
@@ -65,7 +65,7 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     ctx.blobs.put(blobs.checkpoint_object(process_id, seq + 1), encode_state(updated))
     total_samples = sum(counts)  # a Python int: no overflow whatever the counts
     summary = CycleSummary(
-        num_diffs=num_diffs,
+        num_diffs=step.num_diffs,
         total_samples=total_samples,
         checkpoint_out=seq + 1,
         closed_at=ctx.clock.now(),
@@ -75,7 +75,11 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     if done:
         _notify(pool.after_cycle_completed, ctx, process_id, seq)
         log.info(
-            "cycle %s/%d closed: %d diffs, %d samples", process_id, seq, num_diffs, total_samples
+            "cycle %s/%d closed: %d diffs, %d samples",
+            process_id,
+            seq,
+            step.num_diffs,
+            total_samples,
         )
     return done
 
