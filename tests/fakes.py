@@ -11,16 +11,16 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from firegrid.adapters.auth import JwtVerifier
 from firegrid.domain.config import AuthConfig
-from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
+from firegrid.domain.cycle import Cycle, ProcessStatus
 from firegrid.domain.errors import Conflict, NotFound, Unauthorized
-from firegrid.domain.model import Assignment, CycleSummary, Process, Worker
+from firegrid.domain.model import Assignment, Process, Report, Worker, first_assignment
 from firegrid.domain.push import PushMessage, SendReport
 from firegrid.services.context import Context
 from firegrid.settings import Settings
@@ -156,15 +156,12 @@ class FakeBlobStore:
 
 @dataclass
 class CycleRecord:
-    """A cycle document: the domain ``Cycle`` plus the fields only the store keeps."""
+    """A cycle document and the collections under it."""
 
     cycle: Cycle
-    aggregation_runs: int = 0
-    resets: int = 0
-    summary: CycleSummary | None = None
     assignments: dict[str, Assignment] = field(default_factory=dict)
     slots: dict[int, str] = field(default_factory=dict)
-    """Slot number -> worker id (only when ``max_workers`` is set)."""
+    """Slot number -> worker id (only when the cycle is capped)."""
     invitations: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     """Worker id -> (epoch, invited_at)."""
     locks: dict[str, datetime] = field(default_factory=dict)
@@ -172,29 +169,28 @@ class CycleRecord:
 
 
 class FakeRepository:
-    """The whole document store (``firegrid.ports.Repository``) in dicts."""
+    """The document store (``firegrid.ports.Repository``) in dicts.
+
+    Storage and atomicity only, as the Firestore adapter: one lock makes every
+    method atomic, as a conditional write or a transaction does; every decision is
+    the domain's, passed in. tests/integration/test_repository_contract.py runs the
+    same tests against this fake and against Firestore.
+    """
 
     def __init__(self) -> None:
         self.processes: dict[str, Process] = {}
         self.workers: dict[str, Worker] = {}
         self.cycles: dict[tuple[str, int], CycleRecord] = {}
+        self.invited: dict[str, dict[str, datetime]] = {}
+        """Process id -> worker id -> last invited at."""
         self.metrics: dict[str, dict[str, dict[str, Any]]] = {}
         """Process id -> metrics document id -> row."""
         self.pushes: dict[str, dict[str, dict[str, Any]]] = {}
         """Process id -> push key -> record."""
         self._lock = threading.RLock()
 
-    # -- helpers for tests ------------------------------------------------
-    def cycle_record(self, process_id: str, seq: int) -> CycleRecord:
-        return self.cycles[(process_id, seq)]
-
     def _record(self, process_id: str, seq: int) -> CycleRecord | None:
         return self.cycles.get((process_id, seq))
-
-    def _update_worker(self, worker_id: str, **changes: Any) -> None:
-        if worker_id not in self.workers:  # Firestore's update() of a missing document fails
-            raise LookupError(f"no worker document {worker_id}")
-        self.workers[worker_id] = dataclasses.replace(self.workers[worker_id], **changes)
 
     # -- processes --------------------------------------------------------
     def create_hosting(self, process: Process) -> None:
@@ -209,9 +205,7 @@ class FakeRepository:
             if key in self.cycles or process.id not in self.processes:
                 raise LookupError(f"cannot start {process.id}: cycle exists or no process")
             self.cycles[key] = CycleRecord(cycle=first_cycle)
-            self.processes[process.id] = dataclasses.replace(
-                self.processes[process.id], status=ProcessStatus.TRAINING
-            )
+            self.processes[process.id] = process
 
     def delete_process(self, process_id: str) -> None:
         with self._lock:
@@ -221,16 +215,13 @@ class FakeRepository:
         with self._lock:
             return self.processes.get(process_id)
 
-    def find_process(self, name: str, version: str | None) -> Process | None:
+    def processes_named(self, name: str, version: str | None) -> list[Process]:
         with self._lock:
-            found = [
+            return [
                 p
                 for p in self.processes.values()
-                if p.name == name
-                and (version is None or p.version == version)
-                and p.status is not ProcessStatus.HOSTING
+                if p.name == name and (version is None or p.version == version)
             ]
-            return max(found, key=lambda p: p.created_at, default=None)
 
     def training_processes(self) -> list[Process]:
         with self._lock:
@@ -241,6 +232,20 @@ class FakeRepository:
         with self._lock:
             return self.workers.get(worker_id)
 
+    def save_worker(self, worker: Worker) -> Worker:
+        with self._lock:
+            return self.workers.setdefault(worker.id, worker)
+
+    def update_worker(
+        self, worker_id: str, change: Callable[[Worker], Worker | None]
+    ) -> Worker | None:
+        with self._lock:
+            current = self.workers.get(worker_id)
+            changed = change(current) if current is not None else None
+            if changed is not None:
+                self.workers[worker_id] = changed
+            return changed
+
     def process_workers(self, process_id: str, *, available_only: bool = False) -> list[Worker]:
         with self._lock:
             return [
@@ -249,60 +254,22 @@ class FakeRepository:
                 if w.process_id == process_id and (w.available or not available_only)
             ]
 
-    def register_token(
-        self,
-        worker: Worker,
-        token: str,
-        *,
-        ram_gb: float | None,
-        cpu_cores: int | None,
-        slow: bool,
-        available_until: datetime,
-    ) -> None:
-        with self._lock:
-            if worker.id not in self.workers:
-                raise LookupError(f"no worker document {worker.id}")
-            for other in list(self.workers.values()):
-                if (
-                    other.id != worker.id
-                    and other.process_id == worker.process_id
-                    and other.fcm_token == token
-                ):
-                    self._update_worker(other.id, fcm_token=None, available=False)
-            self._update_worker(
-                worker.id,
-                fcm_token=token,
-                ram_gb=ram_gb,
-                cpu_cores=cpu_cores,
-                slow=slow,
-                available=True,
-                available_until=available_until,
-            )
-
-    def set_available(self, worker_id: str, available: bool, until: datetime | None) -> None:
-        with self._lock:
-            self._update_worker(worker_id, available=available, available_until=until)
-
-    def drop_tokens(self, process_id: str, tokens: Sequence[str]) -> int:
+    def workers_with_tokens(self, process_id: str, tokens: Sequence[str]) -> list[Worker]:
         with self._lock:
             wanted = set(tokens)
-            holders = [
-                w.id
+            return [
+                w
                 for w in self.workers.values()
                 if w.process_id == process_id and w.fcm_token in wanted
             ]
-            for worker_id in holders:
-                self._update_worker(worker_id, fcm_token=None, available=False)
-            return len(holders)
 
-    def mark_invited(self, worker_ids: Sequence[str], now: datetime) -> None:
+    def mark_invited(self, process_id: str, worker_ids: Sequence[str], now: datetime) -> None:
         with self._lock:
-            for worker_id in worker_ids:
-                self._update_worker(worker_id, last_invited_at=now)
+            self.invited.setdefault(process_id, {}).update(dict.fromkeys(worker_ids, now))
 
-    def save_worker(self, worker: Worker) -> Worker:
+    def last_invited(self, process_id: str) -> dict[str, datetime]:
         with self._lock:
-            return self.workers.setdefault(worker.id, worker)
+            return dict(self.invited.get(process_id, {}))
 
     # -- cycles -----------------------------------------------------------
     def get_cycle(self, process_id: str, seq: int) -> Cycle | None:
@@ -310,13 +277,52 @@ class FakeRepository:
             record = self._record(process_id, seq)
             return record.cycle if record else None
 
+    def update_cycle(
+        self, process_id: str, seq: int, change: Callable[[Cycle], Cycle | None]
+    ) -> Cycle | None:
+        with self._lock:
+            record = self._record(process_id, seq)
+            changed = change(record.cycle) if record is not None else None
+            if record is not None and changed is not None:
+                record.cycle = changed
+            return changed
+
+    def complete_cycle(
+        self,
+        process_id: str,
+        seq: int,
+        change: Callable[[Cycle], Cycle | None],
+        next_cycle: Cycle | None,
+        process: Process,
+    ) -> Cycle | None:
+        with self._lock:
+            if next_cycle is not None and (process_id, next_cycle.seq) in self.cycles:
+                raise LookupError(f"cycle {next_cycle.seq} exists already")  # as create() fails
+            changed = self.update_cycle(process_id, seq, change)
+            if changed is None:
+                return None
+            if next_cycle is not None:
+                self.cycles[(process_id, next_cycle.seq)] = CycleRecord(cycle=next_cycle)
+            self.processes[process_id] = dataclasses.replace(
+                self.processes[process_id],
+                status=process.status,
+                current_cycle=process.current_cycle,
+                latest_checkpoint=process.latest_checkpoint,
+            )
+            return changed
+
     def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None:
         with self._lock:
             record = self._record(process_id, seq)
             return record.assignments.get(worker_id) if record else None
 
     def claim_place(
-        self, process_id: str, cycle: Cycle, worker_id: str, max_workers: int | None, now: datetime
+        self,
+        process_id: str,
+        cycle: Cycle,
+        worker_id: str,
+        now: datetime,
+        choose_slot: Callable[[set[int]], int | None] | None,
     ) -> Assignment | None:
         with self._lock:
             record = self.cycles[(process_id, cycle.seq)]
@@ -324,43 +330,30 @@ class FakeRepository:
             if existing is not None:
                 return existing
             slot = None
-            if max_workers is not None:
-                free = [i for i in range(max_workers) if i not in record.slots]
-                if not free:
+            if choose_slot is not None:
+                slot = choose_slot(set(record.slots))
+                if slot is None:
                     return None
-                slot = free[0]
                 record.slots[slot] = worker_id
-            assignment = Assignment(
-                worker_id=worker_id, seq=cycle.seq, epoch=cycle.epoch, assigned_at=now, slot=slot
-            )
+            assignment = first_assignment(worker_id, cycle, now, slot)
             record.assignments[worker_id] = assignment
             return assignment
 
     def record_report(
-        self,
-        process_id: str,
-        seq: int,
-        worker_id: str,
-        epoch: int,
-        num_samples: int,
-        diff_object: str,
-        now: datetime,
-    ) -> None:
+        self, process_id: str, seq: int, worker_id: str, report: Report
+    ) -> Assignment:
         with self._lock:
             record = self._record(process_id, seq)
-            if record is None or record.cycle.status is not CycleStatus.OPEN:
-                raise Conflict("The cycle closed before this report arrived", "cycle_closed")
-            assignment = record.assignments.get(worker_id)
-            if assignment is None or assignment.epoch != epoch:
-                raise Conflict(
-                    "This assignment was dropped when the cycle was reset", "assignment_dropped"
-                )
-            if assignment.reported:
-                raise Conflict("This worker already reported for this cycle", "already_reported")
-            self._update_worker(worker_id, last_cycle=seq)
-            record.assignments[worker_id] = dataclasses.replace(
-                assignment, reported_at=now, num_samples=num_samples, diff_object=diff_object
+            admitted = report.admit(
+                record.cycle if record else None,
+                record.assignments.get(worker_id) if record else None,
             )
+            assert record is not None
+            if worker_id not in self.workers:  # Firestore's update() of a missing document fails
+                raise LookupError(f"no worker document {worker_id}")
+            self.workers[worker_id] = dataclasses.replace(self.workers[worker_id], last_cycle=seq)
+            record.assignments[worker_id] = admitted
+            return admitted
 
     def count_reported(self, process_id: str, seq: int) -> int:
         with self._lock:
@@ -375,84 +368,24 @@ class FakeRepository:
             reported = [a for a in self.assignments(process_id, seq) if a.reported]
         yield from reported
 
-    def begin_closing(self, process_id: str, seq: int) -> bool:
-        with self._lock:
-            record = self._record(process_id, seq)
-            if record is None or record.cycle.status is not CycleStatus.OPEN:
-                return False
-            record.cycle = dataclasses.replace(record.cycle, status=CycleStatus.CLOSING)
-            return True
-
-    def acquire_closing_lease(
-        self, process_id: str, seq: int, now: datetime, until: datetime
-    ) -> Cycle | None:
-        with self._lock:
-            record = self._record(process_id, seq)
-            if record is None or record.cycle.status is not CycleStatus.CLOSING:
-                return None
-            lease = record.cycle.closing_lease_until
-            if lease is not None and lease > now:
-                return None
-            record.cycle = dataclasses.replace(record.cycle, closing_lease_until=until)
-            record.aggregation_runs += 1
-            return record.cycle
-
-    def complete_cycle(
-        self, process_id: str, seq: int, summary: CycleSummary, next_cycle: Cycle | None
-    ) -> bool:
-        with self._lock:
-            record = self._record(process_id, seq)
-            if record is None or record.cycle.status is not CycleStatus.CLOSING:
-                return False
-            if next_cycle is not None and (process_id, next_cycle.seq) in self.cycles:
-                raise LookupError(f"cycle {next_cycle.seq} exists already")
-            record.cycle = dataclasses.replace(
-                record.cycle, status=CycleStatus.COMPLETED, closing_lease_until=None
-            )
-            record.summary = summary
-            process = self.processes[process_id]
-            if next_cycle is None:
-                process = dataclasses.replace(process, status=ProcessStatus.COMPLETED)
-            else:
-                self.cycles[(process_id, next_cycle.seq)] = CycleRecord(cycle=next_cycle)
-                process = dataclasses.replace(process, current_cycle=next_cycle.seq)
-            self.processes[process_id] = dataclasses.replace(
-                process, latest_checkpoint=summary.checkpoint_out
-            )
-            return True
-
-    def reset_cycle(
-        self, process_id: str, cycle: Cycle, deadline: datetime | None, drop_unreported: bool
-    ) -> list[str] | None:
-        with self._lock:
-            record = self._record(process_id, cycle.seq)
-            current = record.cycle if record else None
-            if (
-                record is None
-                or current is None
-                or current.status is not CycleStatus.OPEN
-                or current.epoch != cycle.epoch
-                or current.deadline != cycle.deadline
-            ):
-                return None
-            new_epoch = cycle.epoch + 1 if drop_unreported else cycle.epoch
-            record.cycle = dataclasses.replace(current, deadline=deadline, epoch=new_epoch)
-            record.resets += 1
-            if not drop_unreported:
-                return []
-            dropped = [
-                a for a in record.assignments.values() if not a.reported and a.epoch < new_epoch
-            ]
-            for assignment in dropped:
-                del record.assignments[assignment.worker_id]
-                if assignment.slot is not None:
-                    record.slots.pop(assignment.slot, None)
-            return [a.worker_id for a in dropped]
-
     def assignments(self, process_id: str, seq: int) -> list[Assignment]:
         with self._lock:
             record = self._record(process_id, seq)
             return list(record.assignments.values()) if record else []
+
+    def drop_assignments(
+        self, process_id: str, seq: int, dropped: Callable[[Assignment], bool]
+    ) -> list[str]:
+        with self._lock:
+            record = self._record(process_id, seq)
+            if record is None:
+                return []
+            gone = [a for a in record.assignments.values() if not a.reported and dropped(a)]
+            for assignment in gone:
+                del record.assignments[assignment.worker_id]
+                if assignment.slot is not None:
+                    record.slots.pop(assignment.slot, None)
+            return [a.worker_id for a in gone]
 
     def invitations(self, process_id: str, seq: int) -> dict[str, int]:
         with self._lock:
@@ -466,12 +399,9 @@ class FakeRepository:
     ) -> list[str]:
         with self._lock:
             record = self.cycles[(process_id, seq)]
-            invited = []
-            for worker_id in worker_ids:
-                if worker_id in record.invitations:
-                    continue  # never invite a worker twice into one cycle
+            invited = [w for w in dict.fromkeys(worker_ids) if w not in record.invitations]
+            for worker_id in invited:
                 record.invitations[worker_id] = (epoch, now)
-                invited.append(worker_id)
             return invited
 
     def try_lock(

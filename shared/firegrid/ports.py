@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from firegrid.domain.config import AuthConfig
 from firegrid.domain.cycle import Cycle
-from firegrid.domain.model import Assignment, CycleSummary, Process, Worker
+from firegrid.domain.model import Assignment, Process, Report, Worker
 from firegrid.domain.push import PushMessage, SendReport
 
 
@@ -59,71 +59,93 @@ class ProcessRepository(Protocol):
         ...
 
     def start_training(self, process: Process, first_cycle: Cycle) -> None:
-        """Create cycle 1 and mark the process training, atomically."""
+        """Create cycle 1 and store the process's new status, atomically."""
         ...
 
     def delete_process(self, process_id: str) -> None: ...
 
     def get_process(self, process_id: str) -> Process | None: ...
 
-    def find_process(self, name: str, version: str | None) -> Process | None: ...
+    def processes_named(self, name: str, version: str | None) -> list[Process]:
+        """Every process of that name (and version, if given), in any status."""
+        ...
 
     def training_processes(self) -> list[Process]: ...
+
+
+WorkerChange = Callable[[Worker], "Worker | None"]
+CycleChange = Callable[[Cycle], "Cycle | None"]
 
 
 class WorkerRepository(Protocol):
     def get_worker(self, worker_id: str) -> Worker | None: ...
 
-    def process_workers(self, process_id: str, *, available_only: bool = False) -> list[Worker]: ...
-
-    def register_token(
-        self,
-        worker: Worker,
-        token: str,
-        *,
-        ram_gb: float | None,
-        cpu_cores: int | None,
-        slow: bool,
-        available_until: datetime,
-    ) -> None:
-        """Store the token and profile; the token leaves any other worker of the process."""
-        ...
-
-    def set_available(self, worker_id: str, available: bool, until: datetime | None) -> None: ...
-
-    def drop_tokens(self, process_id: str, tokens: Sequence[str]) -> int:
-        """Forget tokens FCM no longer knows; how many workers lost theirs."""
-        ...
-
-    def mark_invited(self, worker_ids: Sequence[str], now: datetime) -> None: ...
-
     def save_worker(self, worker: Worker) -> Worker:
         """Create the worker unless it exists; return what is stored."""
+        ...
+
+    def update_worker(self, worker_id: str, change: WorkerChange) -> Worker | None:
+        """Apply ``change`` to the stored worker atomically (re-applied on a concurrent
+        write); the worker as stored, or None if absent or ``change`` declined."""
+        ...
+
+    def process_workers(self, process_id: str, *, available_only: bool = False) -> list[Worker]: ...
+
+    def workers_with_tokens(self, process_id: str, tokens: Sequence[str]) -> list[Worker]:
+        """The workers of the process that hold any of ``tokens``."""
+        ...
+
+    def mark_invited(self, process_id: str, worker_ids: Sequence[str], now: datetime) -> None:
+        """Remember when these workers were last invited (not on the worker documents,
+        whose writes fire the pool trigger)."""
+        ...
+
+    def last_invited(self, process_id: str) -> dict[str, datetime]:
+        """Worker id -> when it was last invited."""
         ...
 
 
 class CycleRepository(Protocol):
     def get_cycle(self, process_id: str, seq: int) -> Cycle | None: ...
 
-    def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None: ...
-
-    def claim_place(
-        self, process_id: str, cycle: Cycle, worker_id: str, max_workers: int | None, now: datetime
-    ) -> Assignment | None:
-        """The worker's assignment (existing or new); None when all places are taken."""
+    def update_cycle(self, process_id: str, seq: int, change: CycleChange) -> Cycle | None:
+        """Apply ``change`` to the stored cycle atomically (re-applied on a concurrent write);
+        the cycle as stored, or None if absent or ``change`` declined."""
         ...
 
-    def record_report(
+    def complete_cycle(
         self,
         process_id: str,
         seq: int,
+        change: CycleChange,
+        next_cycle: Cycle | None,
+        process: Process,
+    ) -> Cycle | None:
+        """``update_cycle``, and in the same atomic write create ``next_cycle`` and store
+        the process's progress (status, current cycle, latest checkpoint)."""
+        ...
+
+    def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None: ...
+
+    def claim_place(
+        self,
+        process_id: str,
+        cycle: Cycle,
         worker_id: str,
-        epoch: int,
-        num_samples: int,
-        diff_object: str,
         now: datetime,
-    ) -> None:
-        """Mark the assignment reported; ``Conflict`` if reported already or the cycle closed."""
+        choose_slot: Callable[[set[int]], int | None] | None,
+    ) -> Assignment | None:
+        """The worker's assignment in ``cycle`` (existing, or new); with ``choose_slot`` the
+        cycle is capped: a new assignment takes the slot it chooses among the taken ones,
+        atomically, and None means every place is taken."""
+        ...
+
+    def record_report(
+        self, process_id: str, seq: int, worker_id: str, report: Report
+    ) -> Assignment:
+        """Count ``report`` atomically: ``report.admit`` decides on the stored cycle and
+        assignment (raising ``Conflict``), then the assignment and the worker's last
+        reported cycle are written. Twins of one report are counted once."""
         ...
 
     def count_reported(self, process_id: str, seq: int) -> int: ...
@@ -132,32 +154,14 @@ class CycleRepository(Protocol):
 
     def reported_assignments(self, process_id: str, seq: int) -> Iterator[Assignment]: ...
 
-    def begin_closing(self, process_id: str, seq: int) -> bool:
-        """Move ``open -> closing``; True only for the one caller that did it."""
-        ...
-
-    def acquire_closing_lease(
-        self, process_id: str, seq: int, now: datetime, until: datetime
-    ) -> Cycle | None:
-        """The closing cycle if this caller now holds its aggregation lease."""
-        ...
-
-    def complete_cycle(
-        self, process_id: str, seq: int, summary: CycleSummary, next_cycle: Cycle | None
-    ) -> bool:
-        """``closing -> completed`` plus the next cycle (or process completed), atomically."""
-        ...
-
-    def reset_cycle(
-        self, process_id: str, cycle: Cycle, deadline: datetime | None, drop_unreported: bool
-    ) -> list[str] | None:
-        """Give an expired open cycle a new deadline (and epoch, when dropping workers).
-
-        None if another caller got there first; else the workers whose places were dropped.
-        """
-        ...
-
     def assignments(self, process_id: str, seq: int) -> list[Assignment]: ...
+
+    def drop_assignments(
+        self, process_id: str, seq: int, dropped: Callable[[Assignment], bool]
+    ) -> list[str]:
+        """Delete the assignments ``dropped`` picks, each with its slot, unless it changed
+        meanwhile (a report racing the drop wins); the worker ids dropped."""
+        ...
 
     def invitations(self, process_id: str, seq: int) -> dict[str, int]:
         """Worker id -> the cycle epoch it was invited in."""

@@ -197,7 +197,7 @@ def test_an_unhandled_exception_is_a_bare_500_without_a_traceback(ctx, app) -> N
     def broken(name, version):
         raise RuntimeError("secret-detail in /srv/firegrid/repo.py line 12")
 
-    ctx.repo.find_process = broken
+    ctx.repo.processes_named = broken
 
     response = app("model_centric").post("/authenticate", json={"model_name": "mnist"})
 
@@ -401,8 +401,8 @@ def test_a_reported_assignment_event_closes_the_full_cycle_once(ctx, app, tiny) 
     for _ in range(2):  # at-least-once delivery: the second finds nothing to do
         assert trigger.post("/", data=reported_event, headers=reported_headers).status_code == 200
 
-    record = ctx.repo.cycle_record(process_id, 1)
-    assert record.cycle.status is CycleStatus.COMPLETED
+    record = ctx.repo.get_cycle(process_id, 1)
+    assert record.status is CycleStatus.COMPLETED
     assert record.aggregation_runs == 1
     assert ctx.repo.get_process(process_id).current_cycle == 2
     assert ctx.blobs.writes.count(blobs.checkpoint_object(process_id, 2)) == 1
@@ -438,7 +438,7 @@ def test_the_emulators_base64_cycle_event_drives_the_close(ctx, app, tiny) -> No
     response = app("on_cycle_written").post("/", data=capture["body"], headers=capture["headers"])
 
     assert response.status_code == 200
-    record = repo.cycle_record("p1", 1)
-    assert record.cycle.status is CycleStatus.COMPLETED
+    record = repo.get_cycle("p1", 1)
+    assert record.status is CycleStatus.COMPLETED
     assert (record.summary.num_diffs, record.summary.total_samples) == (1, 3)
     assert repo.get_process("p1").current_cycle == 2

@@ -264,6 +264,7 @@ def test_a_claim_left_by_a_dead_instance_does_not_block_the_retry(
     from google.cloud import firestore
 
     import firegrid.adapters.firestore_repo as firestore_repo
+    from firegrid.domain.model import Report
 
     process_id = api.host(max_diffs=2)
     worker_id, _ = api.join()
@@ -273,10 +274,11 @@ def test_a_claim_left_by_a_dead_instance_does_not_block_the_retry(
     repo = firestore_repo.FirestoreRepository(db)
     monkeypatch.setattr(firestore_repo, "REPORT_CLAIM_WAIT_S", 0.3)
 
+    report = Report(epoch=0, num_samples=3, diff_object="diffs/x", at=datetime.now(UTC))
     with pytest.raises(Exception, match="still being recorded"):  # a live claim: wait, then 503
-        repo.record_report(process_id, 1, worker_id, 0, 3, "diffs/x", datetime.now(UTC))
+        repo.record_report(process_id, 1, worker_id, report)
     monkeypatch.setattr(firestore_repo, "REPORT_CLAIM_TTL", firestore_repo.timedelta(0))
-    repo.record_report(process_id, 1, worker_id, 0, 3, "diffs/x", datetime.now(UTC))
+    repo.record_report(process_id, 1, worker_id, report)
     assert repo.get_assignment(process_id, 1, worker_id).reported
 
 
@@ -310,7 +312,7 @@ def test_a_sample_total_beyond_int64_is_stored_not_jammed(api: Api, stack_env) -
     from google.cloud import firestore
 
     from firegrid.adapters.firestore_repo import FirestoreRepository
-    from firegrid.domain.model import CycleSummary
+    from firegrid.domain.cycle import CycleSummary
 
     process_id = api.host()
     repo = FirestoreRepository(firestore.Client(project=stack_env.project_id))
@@ -320,7 +322,13 @@ def test_a_sample_total_beyond_int64_is_stored_not_jammed(api: Api, stack_env) -
     repo._cycle_ref(process_id, 1).update({"status": "closing", "closing_lease_until": lease})
     summary = CycleSummary(num_diffs=3, total_samples=2**70, checkpoint_out=2, closed_at=now)
 
-    assert repo.complete_cycle(process_id, 1, summary, next_cycle=None)
+    process = repo.get_process(process_id)
+    assert process is not None
+    completed = repo.complete_cycle(
+        process_id, 1, lambda c: c.complete(summary), None, process.after_cycle(2, None)
+    )
 
+    assert completed is not None
     stored = repo._cycle_ref(process_id, 1).get().get("total_samples")
     assert stored == float(2**70)
+    assert repo.get_cycle(process_id, 1).summary.total_samples == 2**70

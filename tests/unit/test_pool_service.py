@@ -162,7 +162,8 @@ def test_an_invitation_round_samples_goal_count_times_over_selection(ctx, tiny) 
             "cycle_id": "1",
             "cycle_start_request_key": cycle.start_key,
         }
-    assert all(ctx.repo.get_worker(w).last_invited_at == ctx.clock.now() for w in invited)
+    last_invited = ctx.repo.last_invited(process_id)
+    assert all(last_invited[w] == ctx.clock.now() for w in invited)
 
 
 def test_without_goal_count_or_max_workers_the_whole_pool_is_invited(ctx, tiny) -> None:

@@ -65,6 +65,12 @@ def send_report(
     return devices.report(ctx, body)
 
 
+def begin_closing(ctx: Context, process_id: str, seq: int) -> bool:
+    """``open -> closing``, as a full cycle or an expired deadline does it."""
+    closing = ctx.repo.update_cycle(process_id, seq, lambda c: c.begin_closing(ctx.clock.now()))
+    return closing is not None
+
+
 def checkpoint(ctx: Context, process_id: str, number: int) -> State:
     return decode_state(ctx.blobs.get(blobs.checkpoint_object(process_id, number)))
 
@@ -293,8 +299,8 @@ def test_the_cycle_closes_at_max_diffs_with_the_sample_weighted_average(ctx, tin
         expected = old.astype(np.float64) - (30 * d1[name] + 10 * d2[name]) / 40
         np.testing.assert_allclose(after[name], expected, rtol=1e-6, atol=1e-7)
         assert after[name].dtype == old.dtype
-    record = ctx.repo.cycle_record(process_id, 1)
-    assert record.cycle.status is CycleStatus.COMPLETED
+    record = ctx.repo.get_cycle(process_id, 1)
+    assert record.status is CycleStatus.COMPLETED
     assert (record.summary.num_diffs, record.summary.total_samples) == (2, 40)
     assert record.aggregation_runs == 1
     process = ctx.repo.get_process(process_id)
@@ -316,7 +322,7 @@ def test_a_late_report_after_the_close_is_409_and_changes_nothing(ctx, tiny) -> 
 
     assert (refused.value.status, refused.value.code) == (409, "cycle_closed")
     assert ctx.blobs.objects == objects
-    assert ctx.repo.cycle_record(process_id, 1).summary.num_diffs == 2
+    assert ctx.repo.get_cycle(process_id, 1).summary.num_diffs == 2
     assert not ctx.repo.get_assignment(process_id, 1, late).reported
     assert not cycles.on_report(ctx, process_id, 1)
 
@@ -337,12 +343,12 @@ def test_closing_the_same_cycle_twice_aggregates_once(ctx, tiny) -> None:
     process_id = host(ctx, tiny, max_diffs=2)
     worker_id, key = join(ctx)
     send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
-    assert ctx.repo.begin_closing(process_id, 1)
+    assert begin_closing(ctx, process_id, 1)
 
     first, second = cycles.close_cycle(ctx, process_id, 1), cycles.close_cycle(ctx, process_id, 1)
 
     assert (first, second) == (True, False)
-    assert ctx.repo.cycle_record(process_id, 1).aggregation_runs == 1
+    assert ctx.repo.get_cycle(process_id, 1).aggregation_runs == 1
     assert ctx.blobs.writes.count(blobs.checkpoint_object(process_id, 2)) == 1
     assert ctx.repo.get_cycle(process_id, 3) is None
     assert ctx.repo.get_process(process_id).current_cycle == 2
@@ -353,8 +359,10 @@ def test_while_an_aggregator_holds_the_lease_nobody_else_closes(ctx, tiny) -> No
     worker_id, key = join(ctx)
     send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
     now = ctx.clock.now()
-    assert ctx.repo.begin_closing(process_id, 1)
-    assert ctx.repo.acquire_closing_lease(process_id, 1, now, now + cycles.CLOSING_LEASE)
+    assert begin_closing(ctx, process_id, 1)
+    assert ctx.repo.update_cycle(
+        process_id, 1, lambda c: c.take_lease(now, now + cycles.CLOSING_LEASE)
+    )
 
     ctx.clock.advance(60)
     assert not cycles.close_cycle(ctx, process_id, 1)
@@ -362,14 +370,14 @@ def test_while_an_aggregator_holds_the_lease_nobody_else_closes(ctx, tiny) -> No
 
     ctx.clock.advance(cycles.CLOSING_LEASE.total_seconds())
     assert cycles.close_cycle(ctx, process_id, 1)
-    assert ctx.repo.cycle_record(process_id, 1).aggregation_runs == 2
+    assert ctx.repo.get_cycle(process_id, 1).aggregation_runs == 2
 
 
 def test_concurrent_closers_aggregate_once(ctx, tiny) -> None:
     process_id = host(ctx, tiny, max_diffs=2)
     worker_id, key = join(ctx)
     send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
-    assert ctx.repo.begin_closing(process_id, 1)
+    assert begin_closing(ctx, process_id, 1)
     results: list[bool] = []
     threads = [
         threading.Thread(target=lambda: results.append(cycles.close_cycle(ctx, process_id, 1)))
@@ -382,7 +390,7 @@ def test_concurrent_closers_aggregate_once(ctx, tiny) -> None:
         thread.join()
 
     assert sorted(results) == [False] * 7 + [True]
-    assert ctx.repo.cycle_record(process_id, 1).aggregation_runs == 1
+    assert ctx.repo.get_cycle(process_id, 1).aggregation_runs == 1
 
 
 # -- tick ---------------------------------------------------------------------
@@ -409,8 +417,8 @@ def test_the_tick_closes_an_expired_cycle_with_enough_diffs(ctx, tiny) -> None:
     report = cycles.tick(ctx)
 
     assert report.closed == ["mnist:1.0#1"]
-    record = ctx.repo.cycle_record(process_id, 1)
-    assert record.cycle.status is CycleStatus.COMPLETED
+    record = ctx.repo.get_cycle(process_id, 1)
+    assert record.status is CycleStatus.COMPLETED
     assert (record.summary.num_diffs, record.summary.total_samples) == (1, 4)
     next_cycle = ctx.repo.get_cycle(process_id, 2)
     assert next_cycle.deadline == ctx.clock.now() + timedelta(seconds=60)
@@ -442,7 +450,7 @@ def test_the_tick_resets_an_expired_cycle_with_too_few_diffs(ctx, tiny) -> None:
     assert answer["request_key"].startswith("1.1.")
     send_report(ctx, newcomer, answer["request_key"], constant_diff(tiny, 0.3))
     assert cycles.on_report(ctx, process_id, 1)
-    assert ctx.repo.cycle_record(process_id, 1).summary.num_diffs == 2
+    assert ctx.repo.get_cycle(process_id, 1).summary.num_diffs == 2
 
 
 def test_on_expiry_extend_keeps_the_assignments(ctx, tiny) -> None:
@@ -463,8 +471,10 @@ def test_the_tick_redrives_a_closing_cycle_once_its_lease_expired(ctx, tiny) -> 
     send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
     # An aggregator took the lease and died.
     now = ctx.clock.now()
-    assert ctx.repo.begin_closing(process_id, 1)
-    assert ctx.repo.acquire_closing_lease(process_id, 1, now, now + cycles.CLOSING_LEASE)
+    assert begin_closing(ctx, process_id, 1)
+    assert ctx.repo.update_cycle(
+        process_id, 1, lambda c: c.take_lease(now, now + cycles.CLOSING_LEASE)
+    )
 
     ctx.clock.advance(9 * 60)
     assert cycles.tick(ctx).redriven == []
@@ -473,8 +483,8 @@ def test_the_tick_redrives_a_closing_cycle_once_its_lease_expired(ctx, tiny) -> 
     report = cycles.tick(ctx)
 
     assert report.redriven == ["mnist:1.0#1"]
-    record = ctx.repo.cycle_record(process_id, 1)
-    assert record.cycle.status is CycleStatus.COMPLETED
+    record = ctx.repo.get_cycle(process_id, 1)
+    assert record.status is CycleStatus.COMPLETED
     assert record.aggregation_runs == 2
     assert ctx.repo.get_process(process_id).current_cycle == 2
 
@@ -488,7 +498,7 @@ def test_one_broken_process_does_not_stop_the_tick_for_the_others(ctx, tiny) -> 
         host_body(tiny) | {"client_config": {"name": "broken", "version": "1"}},
     )
     ctx.blobs.delete(blobs.checkpoint_object(broken, 1))
-    ctx.repo.begin_closing(broken, 1)
+    begin_closing(ctx, broken, 1)
     ctx.clock.advance(61)
 
     report = cycles.tick(ctx)

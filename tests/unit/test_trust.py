@@ -18,6 +18,7 @@ from firegrid.services.context import Context
 from firegrid.tensors import encode_state
 from tests.common import State, b64
 from tests.unit.test_services import (
+    begin_closing,
     checkpoint,
     constant_diff,
     host,
@@ -93,8 +94,8 @@ def test_max_weight_fraction_caps_one_huge_count_at_closing(ctx, tiny: Tiny) -> 
     step = (10 * 0.1 + 10 * 0.1 + 20 * -5.0) / 40
     for name in old:
         np.testing.assert_allclose(new[name], old[name] - step, rtol=1e-6)
-    record = ctx.repo.cycle_record(process_id, 1)
-    assert record.cycle.status is CycleStatus.COMPLETED
+    record = ctx.repo.get_cycle(process_id, 1)
+    assert record.status is CycleStatus.COMPLETED
     assert record.summary.total_samples == 10**9 + 20  # the true total, a Python int
 
 
@@ -133,7 +134,7 @@ def test_a_report_that_loses_to_the_closing_leaves_no_object(ctx, tiny: Tiny) ->
     record_report = ctx.repo.record_report
 
     def cycle_closes_first(*args: Any) -> None:
-        ctx.repo.begin_closing(process_id, 1)
+        begin_closing(ctx, process_id, 1)
         record_report(*args)
 
     ctx.repo.record_report = cycle_closes_first

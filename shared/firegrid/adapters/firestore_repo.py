@@ -1,39 +1,41 @@
-"""The Repository port on Cloud Firestore.
+"""The Repository port on Cloud Firestore: a translator that guarantees atomicity.
 
-Layout (docs/state.md): ``processes/{p}``, ``processes/{p}/cycles/{seq}``,
-``.../cycles/{seq}/assignments/{worker}``, ``.../cycles/{seq}/slots/{i}``,
-``processes/{p}/metrics/{id}``, ``workers/{worker}``.
+Rules live in the domain; this adapter reads documents through the codecs
+(``firestore_codecs``), applies the change the domain decided, and writes it back
+atomically: a create that fails if the document exists, a write conditioned on the
+document's update time (re-read and re-decided on conflict), or a transaction.
 
-Concurrency: no document is written by every request. Places in a capped
-cycle are claimed with create-if-absent slot documents; transitions of a
-cycle run in transactions that check its status first, so they happen once.
+Concurrency: no document is written by every request. Places in a capped cycle
+are claimed with create-if-absent slot documents; a report is a transaction over
+the cycle and the assignment, serialised among its twins by a report claim.
 """
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from firegrid.domain.config import ServerConfig
-from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
-from firegrid.domain.diffs import schema_from_wire, schema_to_wire
+from firegrid.adapters import firestore_codecs as codecs
+from firegrid.domain.cycle import Cycle, ProcessStatus
 from firegrid.domain.errors import Conflict, Unavailable
-from firegrid.domain.limits import INT64_MAX
-from firegrid.domain.model import Assignment, CycleSummary, Process, Worker
+from firegrid.domain.model import Assignment, Process, Report, Worker, first_assignment
 
 _EXISTS = (gexc.AlreadyExists, gexc.Conflict, gexc.FailedPrecondition)
 REPORT_CLAIM_WAIT_S = 10.0
 """How long a twin report waits for the copy being recorded to finish."""
 REPORT_CLAIM_TTL = timedelta(seconds=60)
 """A report claim older than this was left by a dead instance: the next twin takes it."""
+_IN_FILTER_LIMIT = 30
+"""Firestore's limit on the values of an ``in`` filter."""
+_BATCH_LIMIT = 400
+
+T = TypeVar("T")
 
 
 class FirestoreRepository:
@@ -56,10 +58,52 @@ class FirestoreRepository:
     def _worker_ref(self, worker_id: str) -> firestore.DocumentReference:
         return self._db.collection("workers").document(worker_id)
 
+    def _process_workers(self, process_id: str) -> firestore.Query:
+        return self._db.collection("workers").where(
+            filter=FieldFilter("process_id", "==", process_id)
+        )
+
+    # -- the one conditional write ---------------------------------------
+    def _update_if(
+        self,
+        ref: firestore.DocumentReference,
+        decode: Callable[[dict[str, Any]], T],
+        change: Callable[[T], T | None],
+        encode: Callable[[T], dict[str, Any]],
+        extra: Callable[[firestore.WriteBatch], None] | None = None,
+    ) -> T | None:
+        """Apply ``change`` to the decoded document unless it changed since it was read.
+
+        Transactions would make every contender wait on the emulator's ~2 s lock
+        timeout; a write conditioned on the update time fails fast instead, and the
+        loser re-reads and re-decides. Returns what was written, or None if the
+        document is absent or ``change`` declined.
+        """
+        while True:
+            snap = ref.get()
+            if not snap.exists:
+                return None
+            changed = change(decode(snap.to_dict() or {}))
+            if changed is None:
+                return None
+            batch = self._db.batch()
+            batch.update(
+                ref,
+                encode(changed),
+                option=self._db.write_option(last_update_time=snap.update_time),
+            )
+            if extra is not None:
+                extra(batch)
+            try:
+                batch.commit()
+            except _EXISTS:
+                continue  # someone else wrote first: decide again on what they wrote
+            return changed
+
     # -- processes --------------------------------------------------------
     def create_hosting(self, process: Process) -> None:
         try:
-            self._process_ref(process.id).create(_process_doc(process))
+            self._process_ref(process.id).create(codecs.process_doc(process))
         except _EXISTS:
             raise Conflict(
                 "A process with this name and version exists", "duplicate_process"
@@ -67,8 +111,8 @@ class FirestoreRepository:
 
     def start_training(self, process: Process, first_cycle: Cycle) -> None:
         batch = self._db.batch()
-        batch.create(self._cycle_ref(process.id, first_cycle.seq), _cycle_doc(first_cycle))
-        batch.update(self._process_ref(process.id), {"status": ProcessStatus.TRAINING.value})
+        batch.create(self._cycle_ref(process.id, first_cycle.seq), codecs.cycle_doc(first_cycle))
+        batch.update(self._process_ref(process.id), codecs.process_progress(process))
         batch.commit()
 
     def delete_process(self, process_id: str) -> None:
@@ -76,141 +120,142 @@ class FirestoreRepository:
 
     def get_process(self, process_id: str) -> Process | None:
         snap = self._process_ref(process_id).get()
-        return _process(snap.id, snap.to_dict()) if snap.exists else None
+        return codecs.process_from(snap.id, snap.to_dict() or {}) if snap.exists else None
 
-    def find_process(self, name: str, version: str | None) -> Process | None:
+    def processes_named(self, name: str, version: str | None) -> list[Process]:
         query = self._db.collection("processes").where(filter=FieldFilter("name", "==", name))
         if version is not None:
             query = query.where(filter=FieldFilter("version", "==", version))
-        found = [_process(s.id, s.to_dict()) for s in query.stream()]
-        found = [p for p in found if p.status is not ProcessStatus.HOSTING]
-        return max(found, key=lambda p: p.created_at, default=None)
+        return [codecs.process_from(s.id, s.to_dict() or {}) for s in query.stream()]
 
     def training_processes(self) -> list[Process]:
         query = self._db.collection("processes").where(
             filter=FieldFilter("status", "==", ProcessStatus.TRAINING.value)
         )
-        return [_process(s.id, s.to_dict()) for s in query.stream()]
+        return [codecs.process_from(s.id, s.to_dict() or {}) for s in query.stream()]
 
     # -- workers ----------------------------------------------------------
     def get_worker(self, worker_id: str) -> Worker | None:
         snap = self._worker_ref(worker_id).get()
-        return _worker(snap.id, snap.to_dict()) if snap.exists else None
+        return codecs.worker_from(snap.id, snap.to_dict() or {}) if snap.exists else None
 
     def save_worker(self, worker: Worker) -> Worker:
         try:
-            self._worker_ref(worker.id).create(
-                {
-                    "process_id": worker.process_id,
-                    "subject": worker.subject,
-                    "created_at": worker.created_at,
-                    "last_cycle": worker.last_cycle,
-                }
-            )
+            self._worker_ref(worker.id).create(codecs.worker_doc(worker))
             return worker
         except _EXISTS:
             existing = self.get_worker(worker.id)
             assert existing is not None
             return existing
 
-    def process_workers(self, process_id: str, *, available_only: bool = False) -> list[Worker]:
-        query = self._db.collection("workers").where(
-            filter=FieldFilter("process_id", "==", process_id)
+    def update_worker(
+        self, worker_id: str, change: Callable[[Worker], Worker | None]
+    ) -> Worker | None:
+        return self._update_if(
+            self._worker_ref(worker_id),
+            lambda data: codecs.worker_from(worker_id, data),
+            change,
+            codecs.worker_doc,
         )
+
+    def process_workers(self, process_id: str, *, available_only: bool = False) -> list[Worker]:
+        query = self._process_workers(process_id)
         if available_only:
             query = query.where(filter=FieldFilter("available", "==", True))
-        return [_worker(s.id, s.to_dict()) for s in query.stream()]
+        return [codecs.worker_from(s.id, s.to_dict() or {}) for s in query.stream()]
 
-    def register_token(
-        self,
-        worker: Worker,
-        token: str,
-        *,
-        ram_gb: float | None,
-        cpu_cores: int | None,
-        slow: bool,
-        available_until: datetime,
-    ) -> None:
-        holders = (
-            self._db.collection("workers")
-            .where(filter=FieldFilter("process_id", "==", worker.process_id))
-            .where(filter=FieldFilter("fcm_token", "==", token))
-        )
-        batch = self._db.batch()
-        for snap in holders.stream():
-            if snap.id != worker.id:  # a reinstalled app's old identity: one worker per device
-                batch.update(snap.reference, {"fcm_token": None, "available": False})
-        batch.update(
-            self._worker_ref(worker.id),
-            {
-                "fcm_token": token,
-                "ram_gb": ram_gb,
-                "cpu_cores": cpu_cores,
-                "slow": slow,
-                "available": True,
-                "available_until": available_until,
-            },
-        )
-        batch.commit()
-
-    def set_available(self, worker_id: str, available: bool, until: datetime | None) -> None:
-        self._worker_ref(worker_id).update({"available": available, "available_until": until})
-
-    def drop_tokens(self, process_id: str, tokens: Sequence[str]) -> int:
-        dropped = 0
-        for start in range(0, len(tokens), 30):  # Firestore's limit for an 'in' filter
-            query = (
-                self._db.collection("workers")
-                .where(filter=FieldFilter("process_id", "==", process_id))
-                .where(filter=FieldFilter("fcm_token", "in", list(tokens[start : start + 30])))
+    def workers_with_tokens(self, process_id: str, tokens: Sequence[str]) -> list[Worker]:
+        found = []
+        for start in range(0, len(tokens), _IN_FILTER_LIMIT):
+            chunk = list(tokens[start : start + _IN_FILTER_LIMIT])
+            query = self._process_workers(process_id).where(
+                filter=FieldFilter("fcm_token", "in", chunk)
             )
-            for snap in query.stream():
-                snap.reference.update({"fcm_token": None, "available": False})
-                dropped += 1
-        return dropped
+            found += [codecs.worker_from(s.id, s.to_dict() or {}) for s in query.stream()]
+        return found
 
-    def mark_invited(self, worker_ids: Sequence[str], now: datetime) -> None:
-        for start in range(0, len(worker_ids), 400):
+    def _invited(self, process_id: str) -> firestore.CollectionReference:
+        return self._process_ref(process_id).collection("invited")
+
+    def mark_invited(self, process_id: str, worker_ids: Sequence[str], now: datetime) -> None:
+        invited = self._invited(process_id)
+        for start in range(0, len(worker_ids), _BATCH_LIMIT):
             batch = self._db.batch()
-            for worker_id in worker_ids[start : start + 400]:
-                batch.update(self._worker_ref(worker_id), {"last_invited_at": now})
+            for worker_id in worker_ids[start : start + _BATCH_LIMIT]:
+                batch.set(invited.document(worker_id), {"at": now})
             batch.commit()
+
+    def last_invited(self, process_id: str) -> dict[str, datetime]:
+        return {s.id: s.get("at") for s in self._invited(process_id).stream()}
 
     # -- cycles -----------------------------------------------------------
     def get_cycle(self, process_id: str, seq: int) -> Cycle | None:
         snap = self._cycle_ref(process_id, seq).get()
-        return _cycle(process_id, snap.to_dict()) if snap.exists else None
+        return codecs.cycle_from(process_id, snap.to_dict() or {}) if snap.exists else None
+
+    def update_cycle(
+        self, process_id: str, seq: int, change: Callable[[Cycle], Cycle | None]
+    ) -> Cycle | None:
+        return self._update_if(
+            self._cycle_ref(process_id, seq),
+            lambda data: codecs.cycle_from(process_id, data),
+            change,
+            codecs.cycle_doc,
+        )
+
+    def complete_cycle(
+        self,
+        process_id: str,
+        seq: int,
+        change: Callable[[Cycle], Cycle | None],
+        next_cycle: Cycle | None,
+        process: Process,
+    ) -> Cycle | None:
+        def open_next(batch: firestore.WriteBatch) -> None:
+            if next_cycle is not None:
+                batch.create(
+                    self._cycle_ref(process_id, next_cycle.seq), codecs.cycle_doc(next_cycle)
+                )
+            batch.update(self._process_ref(process_id), codecs.process_progress(process))
+
+        return self._update_if(
+            self._cycle_ref(process_id, seq),
+            lambda data: codecs.cycle_from(process_id, data),
+            change,
+            codecs.cycle_doc,
+            open_next,
+        )
 
     def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None:
         snap = self._assignments(process_id, seq).document(worker_id).get()
-        return _assignment(snap.to_dict()) if snap.exists else None
+        return codecs.assignment_from(snap.to_dict() or {}) if snap.exists else None
 
     def claim_place(
-        self, process_id: str, cycle: Cycle, worker_id: str, max_workers: int | None, now: datetime
+        self,
+        process_id: str,
+        cycle: Cycle,
+        worker_id: str,
+        now: datetime,
+        choose_slot: Callable[[set[int]], int | None] | None,
     ) -> Assignment | None:
         ref = self._assignments(process_id, cycle.seq).document(worker_id)
-        if max_workers is None:
-            assignment = Assignment(
-                worker_id=worker_id, seq=cycle.seq, epoch=cycle.epoch, assigned_at=now
-            )
+        if choose_slot is None:
+            assignment = first_assignment(worker_id, cycle, now, slot=None)
             try:
-                ref.create(_assignment_doc(assignment))
+                ref.create(codecs.assignment_doc(assignment))
                 return assignment
             except _EXISTS:
                 return self.get_assignment(process_id, cycle.seq, worker_id)
         slots = self._slots(process_id, cycle.seq)
         while True:
             taken = {int(s.id) for s in slots.select(["worker_id"]).stream()}
-            free = [i for i in range(max_workers) if i not in taken]
-            if not free:  # full, unless this worker's own concurrent request took a place
+            slot = choose_slot(taken)
+            if slot is None:  # full, unless this worker's own concurrent request took a place
                 return self.get_assignment(process_id, cycle.seq, worker_id)
-            slot = random.choice(free)  # spreads concurrent claimants over the free slots
-            assignment = Assignment(
-                worker_id=worker_id, seq=cycle.seq, epoch=cycle.epoch, assigned_at=now, slot=slot
-            )
+            assignment = first_assignment(worker_id, cycle, now, slot=slot)
             batch = self._db.batch()
             batch.create(slots.document(str(slot)), {"worker_id": worker_id, "epoch": cycle.epoch})
-            batch.create(ref, _assignment_doc(assignment))
+            batch.create(ref, codecs.assignment_doc(assignment))
             try:
                 batch.commit()
                 return assignment
@@ -220,46 +265,27 @@ class FirestoreRepository:
                     return existing
 
     def record_report(
-        self,
-        process_id: str,
-        seq: int,
-        worker_id: str,
-        epoch: int,
-        num_samples: int,
-        diff_object: str,
-        now: datetime,
-    ) -> None:
+        self, process_id: str, seq: int, worker_id: str, report: Report
+    ) -> Assignment:
         cycle_ref = self._cycle_ref(process_id, seq)
         ref = self._assignments(process_id, seq).document(worker_id)
 
         @firestore.transactional
-        def mark(transaction: firestore.Transaction) -> None:
+        def count(transaction: firestore.Transaction) -> Assignment:
             cycle = cycle_ref.get(transaction=transaction)
             snap = ref.get(transaction=transaction)
-            if not cycle.exists or cycle.get("status") != CycleStatus.OPEN.value:
-                raise Conflict("The cycle closed before this report arrived", "cycle_closed")
-            if not snap.exists or snap.get("epoch") != epoch:
-                raise Conflict(
-                    "This assignment was dropped when the cycle was reset", "assignment_dropped"
-                )
-            if snap.get("reported"):
-                raise Conflict("This worker already reported for this cycle", "already_reported")
-            transaction.update(
-                ref,
-                {
-                    "reported": True,
-                    "reported_at": now,
-                    "num_samples": num_samples,
-                    "diff_object": diff_object,
-                },
+            admitted = report.admit(
+                codecs.cycle_from(process_id, cycle.to_dict() or {}) if cycle.exists else None,
+                codecs.assignment_from(snap.to_dict() or {}) if snap.exists else None,
             )
+            transaction.update(ref, codecs.assignment_doc(admitted))
             transaction.update(self._worker_ref(worker_id), {"last_cycle": seq})
+            return admitted
 
-        claim = self._cycle_ref(process_id, seq).collection("report_claims")
-        claim_ref = claim.document(f"{worker_id}-{epoch}")
+        claim_ref = cycle_ref.collection("report_claims").document(f"{worker_id}-{report.epoch}")
         self._claim_report(claim_ref, ref)
         try:
-            mark(self._db.transaction())
+            return count(self._db.transaction())
         except BaseException:
             claim_ref.delete()  # a retry of this report may go ahead
             raise
@@ -315,128 +341,37 @@ class FirestoreRepository:
 
     def reported_assignments(self, process_id: str, seq: int) -> Iterator[Assignment]:
         for snap in self._reported_query(process_id, seq).stream():
-            yield _assignment(snap.to_dict())
+            yield codecs.assignment_from(snap.to_dict() or {})
 
-    def _update_if(
-        self,
-        ref: firestore.DocumentReference,
-        decide: Callable[[dict[str, Any]], dict[str, Any] | None],
-        extra: Callable[[firestore.WriteBatch], None] | None = None,
-    ) -> dict[str, Any] | None:
-        """Optimistic check-and-set: apply ``decide(current)`` unless the document changed.
+    def assignments(self, process_id: str, seq: int) -> list[Assignment]:
+        return [
+            codecs.assignment_from(s.to_dict() or {})
+            for s in self._assignments(process_id, seq).stream()
+        ]
 
-        Transactions would make every contender wait on the emulator's ~2 s lock
-        timeout; a write conditioned on the update time fails fast instead.
-        Returns the document as updated, or None if ``decide`` declined.
-        """
-        while True:
-            snap = ref.get()
-            current = snap.to_dict() if snap.exists else None
-            updates = decide(current) if current is not None else None
-            if current is None or updates is None:
-                return None
-            batch = self._db.batch()
-            batch.update(
-                ref, updates, option=self._db.write_option(last_update_time=snap.update_time)
+    def drop_assignments(
+        self, process_id: str, seq: int, dropped: Callable[[Assignment], bool]
+    ) -> list[str]:
+        unreported = self._assignments(process_id, seq).where(
+            filter=FieldFilter("reported", "==", False)
+        )
+        gone = []
+        for snap in unreported.stream():
+            assignment = codecs.assignment_from(snap.to_dict() or {})
+            if not dropped(assignment):
+                continue
+            batch = self._db.batch()  # the place is freed with the assignment, or neither
+            batch.delete(
+                snap.reference, option=self._db.write_option(last_update_time=snap.update_time)
             )
-            if extra is not None:
-                extra(batch)
+            if assignment.slot is not None:
+                batch.delete(self._slots(process_id, seq).document(str(assignment.slot)))
             try:
                 batch.commit()
             except _EXISTS:
-                continue  # someone else wrote first: decide again on what they wrote
-            return current | updates
-
-    def begin_closing(self, process_id: str, seq: int) -> bool:
-        def decide(cycle: dict[str, Any]) -> dict[str, Any] | None:
-            if cycle["status"] != CycleStatus.OPEN.value:
-                return None
-            return {"status": CycleStatus.CLOSING.value, "closing_at": firestore.SERVER_TIMESTAMP}
-
-        return self._update_if(self._cycle_ref(process_id, seq), decide) is not None
-
-    def acquire_closing_lease(
-        self, process_id: str, seq: int, now: datetime, until: datetime
-    ) -> Cycle | None:
-        def decide(cycle: dict[str, Any]) -> dict[str, Any] | None:
-            lease = cycle.get("closing_lease_until")
-            if cycle["status"] != CycleStatus.CLOSING.value or (lease is not None and lease > now):
-                return None
-            return {"closing_lease_until": until, "aggregation_runs": firestore.Increment(1)}
-
-        updated = self._update_if(self._cycle_ref(process_id, seq), decide)
-        return _cycle(process_id, updated) if updated is not None else None
-
-    def complete_cycle(
-        self, process_id: str, seq: int, summary: CycleSummary, next_cycle: Cycle | None
-    ) -> bool:
-        process_update: dict[str, Any] = {"latest_checkpoint": summary.checkpoint_out}
-        if next_cycle is None:
-            process_update["status"] = ProcessStatus.COMPLETED.value
-        else:
-            process_update["current_cycle"] = next_cycle.seq
-
-        def decide(cycle: dict[str, Any]) -> dict[str, Any] | None:
-            if cycle["status"] != CycleStatus.CLOSING.value:
-                return None
-            return {
-                "status": CycleStatus.COMPLETED.value,
-                "closing_lease_until": None,
-                "num_diffs": summary.num_diffs,
-                "total_samples": _int64_or_float(summary.total_samples),
-                "checkpoint_out": summary.checkpoint_out,
-                "closed_at": summary.closed_at,
-            }
-
-        def open_next(batch: firestore.WriteBatch) -> None:
-            if next_cycle is not None:
-                batch.create(self._cycle_ref(process_id, next_cycle.seq), _cycle_doc(next_cycle))
-            batch.update(self._process_ref(process_id), process_update)
-
-        return self._update_if(self._cycle_ref(process_id, seq), decide, open_next) is not None
-
-    def reset_cycle(
-        self, process_id: str, cycle: Cycle, deadline: datetime | None, drop_unreported: bool
-    ) -> list[str] | None:
-        new_epoch = cycle.epoch + 1 if drop_unreported else cycle.epoch
-
-        def decide(current: dict[str, Any]) -> dict[str, Any] | None:
-            unchanged = (
-                current["status"] == CycleStatus.OPEN.value
-                and current["epoch"] == cycle.epoch
-                and current.get("deadline") == cycle.deadline
-            )
-            if not unchanged:
-                return None
-            return {"deadline": deadline, "epoch": new_epoch, "resets": firestore.Increment(1)}
-
-        if self._update_if(self._cycle_ref(process_id, cycle.seq), decide) is None:
-            return None
-        return self._drop_unreported(process_id, cycle.seq, new_epoch) if drop_unreported else []
-
-    def _drop_unreported(self, process_id: str, seq: int, epoch: int) -> list[str]:
-        """Free the places of workers who did not report (a report racing us wins)."""
-        query = self._assignments(process_id, seq).where(
-            filter=FieldFilter("reported", "==", False)
-        )
-        dropped = []
-        for snap in query.stream():
-            if snap.get("epoch") >= epoch:
-                continue
-            try:
-                snap.reference.delete(
-                    option=self._db.write_option(last_update_time=snap.update_time)
-                )
-            except _EXISTS:
                 continue  # reported meanwhile: keep it
-            dropped.append(snap.id)
-            slot = snap.get("slot")
-            if slot is not None:
-                self._slots(process_id, seq).document(str(slot)).delete()
-        return dropped
-
-    def assignments(self, process_id: str, seq: int) -> list[Assignment]:
-        return [_assignment(s.to_dict()) for s in self._assignments(process_id, seq).stream()]
+            gone.append(assignment.worker_id)
+        return gone
 
     def _invitations(self, process_id: str, seq: int) -> firestore.CollectionReference:
         return self._cycle_ref(process_id, seq).collection("invitations")
@@ -466,11 +401,13 @@ class FirestoreRepository:
             return True
         except _EXISTS:
             pass
-
-        def decide(lock: dict[str, Any]) -> dict[str, Any] | None:
-            return {"until": until} if lock["until"] <= now else None
-
-        return self._update_if(ref, decide) is not None
+        taken = self._update_if(
+            ref,
+            lambda data: data["until"],
+            lambda held_until: until if held_until <= now else None,
+            lambda new_until: {"until": new_until},
+        )
+        return taken is not None
 
     def unlock(self, process_id: str, seq: int, name: str) -> None:
         self._cycle_ref(process_id, seq).collection("locks").document(name).delete()
@@ -511,123 +448,6 @@ class FirestoreRepository:
         return sorted((r for r in rows if r), key=lambda r: (r["cycle_id"], r["client_id"]))
 
 
-def _int64_or_float(value: int) -> int | float:
-    """Firestore integers are int64; a larger total is kept as a float, never an error."""
-    return value if value <= INT64_MAX else float(value)
-
-
 def _count(query: Any) -> int:
     result = query.count().get()
     return int(result[0][0].value)  # the emulator answers 0.0 for an empty result
-
-
-def _process_doc(process: Process) -> dict[str, Any]:
-    return {
-        "name": process.name,
-        "version": process.version,
-        # JSON text, not maps: device-chosen keys and nesting never meet Firestore's
-        # field-name rules or its per-document index-entry limit.
-        "client_config": json.dumps(dict(process.client_config)),
-        "server_config": process.server_config.to_dict(),
-        "status": process.status.value,
-        "current_cycle": process.current_cycle,
-        "latest_checkpoint": process.latest_checkpoint,
-        "key_secret": process.key_secret,
-        "schema": json.dumps(schema_to_wire(process.schema)),
-        "plans": dict(process.plans),
-        "plan_sizes": dict(process.plan_sizes),
-        "created_at": process.created_at,
-    }
-
-
-def _process(process_id: str, data: dict[str, Any] | None) -> Process:
-    assert data is not None
-    return Process(
-        id=process_id,
-        name=data["name"],
-        version=data["version"],
-        client_config=json.loads(data["client_config"]),
-        server_config=ServerConfig.from_dict(data["server_config"]),
-        status=ProcessStatus(data["status"]),
-        current_cycle=data["current_cycle"],
-        latest_checkpoint=data["latest_checkpoint"],
-        key_secret=data["key_secret"],
-        schema=schema_from_wire(json.loads(data["schema"])),
-        plans=data.get("plans") or {},
-        plan_sizes=data.get("plan_sizes") or {},
-        created_at=data["created_at"],
-    )
-
-
-def _worker(worker_id: str, data: dict[str, Any] | None) -> Worker:
-    assert data is not None
-    return Worker(
-        id=worker_id,
-        process_id=data["process_id"],
-        subject=data["subject"],
-        created_at=data["created_at"],
-        last_cycle=data.get("last_cycle"),
-        fcm_token=data.get("fcm_token"),
-        available=bool(data.get("available")),
-        available_until=data.get("available_until"),
-        ram_gb=data.get("ram_gb"),
-        cpu_cores=data.get("cpu_cores"),
-        slow=bool(data.get("slow")),
-        last_invited_at=data.get("last_invited_at"),
-    )
-
-
-def _cycle_doc(cycle: Cycle) -> dict[str, Any]:
-    return {
-        "seq": cycle.seq,
-        "status": cycle.status.value,
-        "epoch": cycle.epoch,
-        "opened_at": cycle.opened_at,
-        "deadline": cycle.deadline,
-        "start_key": cycle.start_key,
-        "closing_lease_until": cycle.closing_lease_until,
-        "aggregation_runs": 0,
-        "resets": 0,
-    }
-
-
-def _cycle(process_id: str, data: dict[str, Any] | None) -> Cycle:
-    assert data is not None
-    return Cycle(
-        process_id=process_id,
-        seq=data["seq"],
-        status=CycleStatus(data["status"]),
-        epoch=data["epoch"],
-        opened_at=data["opened_at"],
-        deadline=data.get("deadline"),
-        start_key=data["start_key"],
-        closing_lease_until=data.get("closing_lease_until"),
-    )
-
-
-def _assignment_doc(assignment: Assignment) -> dict[str, Any]:
-    return {
-        "worker_id": assignment.worker_id,
-        "seq": assignment.seq,
-        "epoch": assignment.epoch,
-        "assigned_at": assignment.assigned_at,
-        "slot": assignment.slot,
-        "reported": assignment.reported,
-        "reported_at": assignment.reported_at,
-        "num_samples": assignment.num_samples,
-        "diff_object": assignment.diff_object,
-    }
-
-
-def _assignment(data: dict[str, Any] | None) -> Assignment:
-    assert data is not None
-    return Assignment(
-        worker_id=data["worker_id"],
-        seq=data["seq"],
-        epoch=data["epoch"],
-        assigned_at=data["assigned_at"],
-        slot=data.get("slot"),
-        reported_at=data.get("reported_at"),
-        num_samples=data.get("num_samples"),
-        diff_object=data.get("diff_object"),
-    )

@@ -9,7 +9,7 @@ and a bumped ``epoch`` that invalidates the request keys of dropped workers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -42,11 +42,69 @@ class Cycle:
     """Key devices echo as ``cycle_start_request_key`` when invited."""
     closing_lease_until: datetime | None = None
     """While set and in the future, one instance is aggregating this cycle."""
+    closing_at: datetime | None = None
+    """When the cycle stopped taking reports."""
+    aggregation_runs: int = 0
+    """Aggregation leases taken: 1 for a cycle closed by one instance, more after re-drives."""
+    resets: int = 0
+    """Deadlines passed with too few diffs (reset or extended)."""
+    summary: CycleSummary | None = None
+    """What closing produced; set once the cycle is completed."""
 
     @property
     def checkpoint(self) -> int:
         """The checkpoint this cycle trains from."""
         return self.seq
+
+    # -- transitions: each returns the new cycle, or None when it does not apply --------
+
+    def begin_closing(self, now: datetime) -> Cycle | None:
+        """``open -> closing``: no report lands from now on."""
+        if self.status is not CycleStatus.OPEN:
+            return None
+        return replace(self, status=CycleStatus.CLOSING, closing_at=now)
+
+    def take_lease(self, now: datetime, until: datetime) -> Cycle | None:
+        """The aggregation lease of a closing cycle, unless another holder's is still valid."""
+        if self.status is not CycleStatus.CLOSING:
+            return None
+        if self.closing_lease_until is not None and self.closing_lease_until > now:
+            return None
+        return replace(self, closing_lease_until=until, aggregation_runs=self.aggregation_runs + 1)
+
+    def complete(self, summary: CycleSummary) -> Cycle | None:
+        """``closing -> completed``, once."""
+        if self.status is not CycleStatus.CLOSING:
+            return None
+        return replace(
+            self, status=CycleStatus.COMPLETED, closing_lease_until=None, summary=summary
+        )
+
+    def reset(
+        self, seen: Cycle, deadline: datetime | None, *, drop_unreported: bool
+    ) -> Cycle | None:
+        """A new deadline for an expired open cycle, as ``seen`` by the caller (None if
+        another caller reset it first). Dropping unreported workers starts a new epoch,
+        which invalidates their request keys."""
+        unchanged = (
+            self.status is CycleStatus.OPEN
+            and self.epoch == seen.epoch
+            and self.deadline == seen.deadline
+        )
+        if not unchanged:
+            return None
+        epoch = self.epoch + 1 if drop_unreported else self.epoch
+        return replace(self, deadline=deadline, epoch=epoch, resets=self.resets + 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CycleSummary:
+    """What closing a cycle produced."""
+
+    num_diffs: int
+    total_samples: int
+    checkpoint_out: int
+    closed_at: datetime
 
 
 def deadline_for(opened_at: datetime, config: ServerConfig) -> datetime | None:

@@ -1,15 +1,20 @@
-"""The records FireGrid keeps: process, worker, assignment (cycle is in cycle.py)."""
+"""The records FireGrid keeps: process, worker, assignment (cycle is in cycle.py), and
+the rules that change them. Each rule is a pure function or method: the services
+decide with them, and the repository applies them atomically (a conditional write or
+a transaction), so fakes and Firestore cannot disagree about a rule.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from firegrid.domain.config import ServerConfig
-from firegrid.domain.cycle import ProcessStatus
+from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.diffs import Schema
+from firegrid.domain.errors import Conflict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +39,24 @@ class Process:
     """Plan name -> bytes (to choose between inline and a signed URL)."""
     created_at: datetime
 
+    def started(self) -> Process:
+        """Hosted (checkpoint 1 and the plans stored): cycle 1 opens."""
+        return replace(self, status=ProcessStatus.TRAINING)
+
+    def after_cycle(self, checkpoint_out: int, next_cycle: int | None) -> Process:
+        """A cycle completed into ``checkpoint_out``; training goes on in ``next_cycle``,
+        or is over."""
+        if next_cycle is None:
+            return replace(self, latest_checkpoint=checkpoint_out, status=ProcessStatus.COMPLETED)
+        return replace(self, latest_checkpoint=checkpoint_out, current_cycle=next_cycle)
+
+
+def current_version(processes: Iterable[Process]) -> Process | None:
+    """What a name (and maybe a version) means to devices: the newest process that is
+    no longer being hosted."""
+    ready = [p for p in processes if p.status is not ProcessStatus.HOSTING]
+    return max(ready, key=lambda p: p.created_at, default=None)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Worker:
@@ -54,7 +77,6 @@ class Worker:
     cpu_cores: int | None = None
     slow: bool = False
     """Flagged from the device profile (less than 2 GB of RAM, as the fork did)."""
-    last_invited_at: datetime | None = None
 
     def in_pool(self, now: datetime) -> bool:
         """Reachable and currently available."""
@@ -64,6 +86,41 @@ class Worker:
             and self.available_until is not None
             and self.available_until > now
         )
+
+    def with_token(
+        self,
+        token: str,
+        *,
+        ram_gb: float | None,
+        cpu_cores: int | None,
+        slow: bool,
+        available_until: datetime,
+    ) -> Worker:
+        """Registered: reachable at ``token`` and available until ``available_until``."""
+        return replace(
+            self,
+            fcm_token=token,
+            ram_gb=ram_gb,
+            cpu_cores=cpu_cores,
+            slow=slow,
+            available=True,
+            available_until=available_until,
+        )
+
+    def without_token(self, token: str) -> Worker | None:
+        """``token`` no longer reaches this worker (None if it holds another one by now)."""
+        if self.fcm_token != token:
+            return None
+        return replace(self, fcm_token=None, available=False)
+
+    def with_availability(self, available: bool, until: datetime | None) -> Worker:
+        return replace(self, available=available, available_until=until if available else None)
+
+
+def token_holders_to_clear(holders: Iterable[Worker], worker: Worker) -> list[Worker]:
+    """One worker per device: a token registered by ``worker`` leaves every other worker
+    of its process (a reinstalled app's old identity must not inflate the pool)."""
+    return [h for h in holders if h.id != worker.id and h.process_id == worker.process_id]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,15 +140,42 @@ class Assignment:
     def reported(self) -> bool:
         return self.reported_at is not None
 
+    def dropped_by_reset(self, epoch: int) -> bool:
+        """A reset into ``epoch`` frees the place of a worker that has not reported."""
+        return not self.reported and self.epoch < epoch
+
+
+def first_assignment(worker_id: str, cycle: Cycle, now: datetime, slot: int | None) -> Assignment:
+    return Assignment(
+        worker_id=worker_id, seq=cycle.seq, epoch=cycle.epoch, assigned_at=now, slot=slot
+    )
+
 
 @dataclass(frozen=True, kw_only=True)
-class CycleSummary:
-    """What closing a cycle produced."""
+class Report:
+    """A diff a worker sends for the cycle and epoch of its request key."""
 
-    num_diffs: int
-    total_samples: int
-    checkpoint_out: int
-    closed_at: datetime
+    epoch: int
+    num_samples: int
+    diff_object: str
+    at: datetime
+
+    def admit(self, cycle: Cycle | None, assignment: Assignment | None) -> Assignment:
+        """The assignment once this report is counted; ``Conflict`` says why it cannot be."""
+        if cycle is None or cycle.status is not CycleStatus.OPEN:
+            raise Conflict("The cycle closed before this report arrived", "cycle_closed")
+        if assignment is None or assignment.epoch != self.epoch:
+            raise Conflict(
+                "This assignment was dropped when the cycle was reset", "assignment_dropped"
+            )
+        if assignment.reported:
+            raise Conflict("This worker already reported for this cycle", "already_reported")
+        return replace(
+            assignment,
+            reported_at=self.at,
+            num_samples=self.num_samples,
+            diff_object=self.diff_object,
+        )
 
 
 @dataclass(frozen=True)

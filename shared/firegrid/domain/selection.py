@@ -73,3 +73,10 @@ def select(
         return [c.worker_id for c in oldest_first[:count]]
     ordered = sorted(c.worker_id for c in candidates)  # the same draw whatever the query order
     return rng.sample(ordered, count)
+
+
+def free_slot(taken: set[int], max_workers: int, rng: random.Random) -> int | None:
+    """A free place of a capped cycle, chosen at random so that concurrent claimants
+    spread over the free places instead of racing for the first; None when all are taken."""
+    free = [slot for slot in range(max_workers) if slot not in taken]
+    return rng.choice(free) if free else None

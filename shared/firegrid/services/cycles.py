@@ -12,13 +12,14 @@ from firegrid.domain import blobs
 from firegrid.domain.aggregation import Contribution, aggregate, fedavg_weights
 from firegrid.domain.cycle import (
     CycleStatus,
+    CycleSummary,
     deadline_for,
     has_enough,
     is_expired,
     is_last_cycle,
     is_ready,
 )
-from firegrid.domain.model import Assignment, CycleSummary, Process
+from firegrid.domain.model import Assignment, Process
 from firegrid.services import pool
 from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
@@ -39,7 +40,7 @@ def on_report(ctx: Context, process_id: str, seq: int) -> bool:
     reported = ctx.repo.count_reported(process_id, seq)
     if not is_ready(cycle, reported, process.server_config, ctx.clock.now()):
         return False
-    if not ctx.repo.begin_closing(process_id, seq):
+    if ctx.repo.update_cycle(process_id, seq, lambda c: c.begin_closing(ctx.clock.now())) is None:
         return False
     return close_cycle(ctx, process_id, seq)
 
@@ -47,7 +48,7 @@ def on_report(ctx: Context, process_id: str, seq: int) -> bool:
 def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     """Aggregate a ``closing`` cycle and open the next one; safe to call any number of times."""
     now = ctx.clock.now()
-    cycle = ctx.repo.acquire_closing_lease(process_id, seq, now, now + CLOSING_LEASE)
+    cycle = ctx.repo.update_cycle(process_id, seq, lambda c: c.take_lease(now, now + CLOSING_LEASE))
     process = ctx.repo.get_process(process_id)
     if cycle is None or process is None:
         return False
@@ -71,7 +72,13 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
         closed_at=ctx.clock.now(),
     )
     next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx)
-    done = ctx.repo.complete_cycle(process_id, seq, summary, next_cycle)
+    progressed = process.after_cycle(seq + 1, next_cycle.seq if next_cycle else None)
+    done = (
+        ctx.repo.complete_cycle(
+            process_id, seq, lambda c: c.complete(summary), next_cycle, progressed
+        )
+        is not None
+    )
     if done:
         _notify(pool.after_cycle_completed, ctx, process_id, seq)
         log.info(
@@ -157,17 +164,23 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
         return
     config = process.server_config
     if has_enough(ctx.repo.count_reported(process.id, cycle.seq), config):
-        if ctx.repo.begin_closing(process.id, cycle.seq):
+        if ctx.repo.update_cycle(process.id, cycle.seq, lambda c: c.begin_closing(now)):
             report.closed.append(label)
             # The cycle trigger races us for the lease; whichever wins aggregates.
             close_cycle(ctx, process.id, cycle.seq)
         return
     drop = config.on_expiry == "reset"
-    dropped = ctx.repo.reset_cycle(
-        process.id, cycle, deadline_for(now, config), drop_unreported=drop
+    deadline = deadline_for(now, config)
+    reset = ctx.repo.update_cycle(
+        process.id, cycle.seq, lambda c: c.reset(cycle, deadline, drop_unreported=drop)
     )
-    if dropped is None:
+    if reset is None:  # another tick got there first
         return
+    dropped = (
+        ctx.repo.drop_assignments(process.id, cycle.seq, lambda a: a.dropped_by_reset(reset.epoch))
+        if drop
+        else []
+    )
     (report.reset if drop else report.extended).append(label)
     if drop:
         _notify(pool.after_cycle_reset, ctx, process.id, cycle.seq, dropped)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from firegrid.domain import blobs, limits
 from firegrid.domain.acceptance import RejectReason, Speeds, reject, screen
+from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.diffs import max_file_bytes, payload_bytes, validate_diff
 from firegrid.domain.errors import (
@@ -26,7 +27,8 @@ from firegrid.domain.errors import (
 )
 from firegrid.domain.fields import Fields
 from firegrid.domain.keys import KeyScope, derive_worker_id, issue_request_key, verify_request_key
-from firegrid.domain.model import Assignment, Process, Redirect, Worker
+from firegrid.domain.model import Assignment, Process, Redirect, Report, Worker
+from firegrid.domain.selection import free_slot
 from firegrid.services.context import Context
 from firegrid.services.lookups import (
     find_worker,
@@ -114,10 +116,18 @@ def request_cycle(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
         )
         if reason is not None:
             return reject(reason, cycle, config, now).to_wire()
-        existing = ctx.repo.claim_place(process.id, cycle, worker.id, config.max_workers, now)
+        existing = ctx.repo.claim_place(process.id, cycle, worker.id, now, _slots(ctx, config))
         if existing is None:
             return reject(RejectReason.CYCLE_FULL, cycle, config, now).to_wire()
     return _accepted(process, cycle, existing)
+
+
+def _slots(ctx: Context, config: ServerConfig) -> Callable[[set[int]], int | None] | None:
+    """How a capped cycle's places are chosen (None: the cycle is not capped)."""
+    cap = config.max_workers
+    if cap is None:
+        return None
+    return lambda taken: free_slot(taken, cap, ctx.rng)
 
 
 def _current_cycle(ctx: Context, process: Process) -> Cycle:
@@ -302,9 +312,8 @@ def _report(
     name = blobs.diff_object(place.process.id, seq, grant.worker_id, epoch, secrets.token_hex(8))
     ctx.blobs.put(name, diff_bytes, if_absent=True)
     try:
-        ctx.repo.record_report(
-            place.process.id, seq, grant.worker_id, epoch, num_samples, name, ctx.clock.now()
-        )
+        report = Report(epoch=epoch, num_samples=num_samples, diff_object=name, at=ctx.clock.now())
+        ctx.repo.record_report(place.process.id, seq, grant.worker_id, report)
     except Conflict:  # the cycle closed or a twin report won meanwhile: drop our own bytes
         ctx.blobs.delete(name)
         raise

@@ -77,7 +77,7 @@ def host_training(ctx: Context, body: Mapping[str, Any]) -> str:
         ctx.blobs.put(blobs.checkpoint_object(process_id, 1), model_bytes)
         for name, data in plans.items():
             ctx.blobs.put(blobs.plan_object(process_id, name), data)
-        ctx.repo.start_training(process, new_cycle(process, 1, ctx))
+        ctx.repo.start_training(process.started(), new_cycle(process, 1, ctx))
     except Exception:
         ctx.blobs.delete_prefix(blobs.process_prefix(process_id))
         ctx.repo.delete_process(process_id)

@@ -11,7 +11,7 @@ from firegrid.domain import limits
 from firegrid.domain.errors import NotFound, Unauthorized
 from firegrid.domain.fields import Fields
 from firegrid.domain.keys import WORKER_ID
-from firegrid.domain.model import Process, Worker
+from firegrid.domain.model import Process, Worker, current_version
 from firegrid.services.context import Context
 
 UNKNOWN_WORKER = "Unknown worker for this model: authenticate first"
@@ -22,7 +22,7 @@ def model_name(fields: Fields, key: str) -> str:
 
 
 def process_by_name(ctx: Context, name: str, version: str | None) -> Process:
-    process = ctx.repo.find_process(name, version)
+    process = current_version(ctx.repo.processes_named(name, version))
     if process is None:
         wanted = f"'{name}'" + (f" version '{version}'" if version else "")
         raise NotFound(f"No training process for model {wanted}", "unknown_process")

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from firegrid.domain.acceptance import may_rejoin
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.errors import BadRequest, NotFound
 from firegrid.domain.fields import Fields
-from firegrid.domain.model import Process, Worker
+from firegrid.domain.model import Process, Worker, token_holders_to_clear
 from firegrid.domain.push import PushType, messages_to, push_data
 from firegrid.domain.selection import Candidate, RoundState, invitations_wanted, select
 from firegrid.services.context import Context
@@ -68,14 +68,18 @@ def register_token(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
             "'model' is not the process this worker authenticated for", "wrong_process"
         )
     ttl = timedelta(seconds=process.server_config.availability_ttl)
-    ctx.repo.register_token(
-        worker,
-        token,
-        ram_gb=ram_gb,
-        cpu_cores=cores,
-        slow=ram_gb is not None and ram_gb < SLOW_RAM_GB,
-        available_until=ctx.clock.now() + ttl,
-    )
+    slow = ram_gb is not None and ram_gb < SLOW_RAM_GB
+    until = ctx.clock.now() + ttl
+
+    def register(current: Worker) -> Worker:
+        return current.with_token(
+            token, ram_gb=ram_gb, cpu_cores=cores, slow=slow, available_until=until
+        )
+
+    ctx.repo.update_worker(worker.id, register)
+    holders = ctx.repo.workers_with_tokens(process.id, [token])
+    for holder in token_holders_to_clear(holders, worker):
+        ctx.repo.update_worker(holder.id, lambda w: w.without_token(token))
     return {"status": "success"}
 
 
@@ -88,7 +92,8 @@ def worker_status(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
     available = fields.flag("available")
     process = _process_of(ctx, worker)
     ttl = timedelta(seconds=process.server_config.availability_ttl)
-    ctx.repo.set_available(worker.id, available, ctx.clock.now() + ttl if available else None)
+    until = ctx.clock.now() + ttl
+    ctx.repo.update_worker(worker.id, lambda w: w.with_availability(available, until))
     return {"status": "success"}
 
 
@@ -124,8 +129,9 @@ def _invitation_round(ctx: Context, process: Process, cycle: Cycle) -> list[str]
         and w.id not in taken
         and may_rejoin(process.server_config, cycle.seq, w.last_cycle)
     }
+    last_invited = ctx.repo.last_invited(process.id) if config.pool_selection == "iterate" else {}
     candidates = [
-        Candidate(worker_id=w.id, last_invited_at=w.last_invited_at) for w in pool.values()
+        Candidate(worker_id=w.id, last_invited_at=last_invited.get(w.id)) for w in pool.values()
     ]
     state = RoundState(
         assigned=len(assigned_now),
@@ -137,7 +143,7 @@ def _invitation_round(ctx: Context, process: Process, cycle: Cycle) -> list[str]
         return []
     chosen = select(candidates, wanted, config.pool_selection, ctx.rng)
     invited = ctx.repo.record_invitations(process.id, cycle.seq, cycle.epoch, chosen, now)
-    ctx.repo.mark_invited(invited, now)
+    ctx.repo.mark_invited(process.id, invited, now)
     push(
         ctx,
         process,
@@ -190,11 +196,22 @@ def push(
         "unregistered": len(report.unregistered) if report else 0,
     }
     if report and report.unregistered:
-        ctx.repo.drop_tokens(process.id, list(report.unregistered))
+        drop_tokens(ctx, process.id, report.unregistered)
     if report and report.errors:
         log.warning("push %s to %s: %s", push_type.value, process.name, report.errors[:3])
     ctx.repo.finish_push(process.id, key, result)
     return record | result
+
+
+def drop_tokens(ctx: Context, process_id: str, tokens: Iterable[str]) -> None:
+    """Tokens FCM will never deliver to again leave the pool."""
+    for holder in ctx.repo.workers_with_tokens(process_id, list(tokens)):
+        if holder.fcm_token is not None:
+            ctx.repo.update_worker(holder.id, _forget(holder.fcm_token))
+
+
+def _forget(token: str) -> Callable[[Worker], Worker | None]:
+    return lambda worker: worker.without_token(token)
 
 
 def after_cycle_completed(ctx: Context, process_id: str, seq: int) -> None:

@@ -1,0 +1,443 @@
+"""The Repository port's contract, run against the in-memory fake and against Firestore.
+
+The same tests, the same domain rules passed in: if the fake and the adapter ever
+disagree about storage or atomicity, one of the two parametrisations fails. The
+Firestore runs use a project of their own, which no trigger watches, so the
+functions of the session stack never act on these documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from firegrid.domain.config import AuthConfig, ServerConfig
+from firegrid.domain.cycle import Cycle, CycleStatus, CycleSummary, ProcessStatus
+from firegrid.domain.diffs import TensorSpec
+from firegrid.domain.errors import Conflict
+from firegrid.domain.model import Assignment, Process, Report, Worker
+from firegrid.domain.selection import free_slot
+from firegrid.ports import Repository
+from tests.fakes import FakeRepository
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+CONTRACT_PROJECT = "demo-contract"
+
+
+@pytest.fixture(params=["fake", "firestore"])
+def repo(request: pytest.FixtureRequest) -> Iterator[Repository]:
+    if request.param == "fake":
+        yield FakeRepository()
+        return
+    import requests
+    from google.cloud import firestore
+
+    from firegrid.adapters.firestore_repo import FirestoreRepository
+
+    stack = request.getfixturevalue("stack_env")
+    host = stack.firestore_host
+    url = f"http://{host}/emulator/v1/projects/{CONTRACT_PROJECT}/databases/(default)/documents"
+    requests.delete(url, timeout=30).raise_for_status()
+    yield FirestoreRepository(firestore.Client(project=CONTRACT_PROJECT))
+
+
+def process(pid: str = "p1", *, name: str = "mnist", version: str = "1.0", **kw: Any) -> Process:
+    fields: dict[str, Any] = {
+        "id": pid,
+        "name": name,
+        "version": version,
+        "client_config": {"name": name, "version": version, "nested": {"k": [1, 2.5, "x"]}},
+        "server_config": ServerConfig.parse(
+            {
+                "cycle_length": 60,
+                "num_cycles": 3,
+                "max_diffs": 2,
+                "aggregation": "trimmed_mean",
+                "authentication": {"secret": "abc"},
+            }
+        ),
+        "status": ProcessStatus.HOSTING,
+        "current_cycle": 1,
+        "latest_checkpoint": 1,
+        "key_secret": "s3cret",
+        "schema": {
+            "w.weight": TensorSpec("float32", (3, 4)),
+            "w.bias": TensorSpec("float32", (3,)),
+        },
+        "plans": {"training_plan": "training_plan"},
+        "plan_sizes": {"training_plan": 1234},
+        "created_at": T0,
+    }
+    return Process(**(fields | kw))
+
+
+def cycle(pid: str = "p1", seq: int = 1, **kw: Any) -> Cycle:
+    fields: dict[str, Any] = {
+        "process_id": pid,
+        "seq": seq,
+        "status": CycleStatus.OPEN,
+        "epoch": 0,
+        "opened_at": T0,
+        "deadline": T0 + timedelta(minutes=1),
+        "start_key": "start",
+    }
+    return Cycle(**(fields | kw))
+
+
+def worker(wid: str, pid: str = "p1", **kw: Any) -> Worker:
+    return Worker(**({"id": wid, "process_id": pid, "subject": f"s-{wid}", "created_at": T0} | kw))
+
+
+def hosted(repo: Repository, pid: str = "p1", **kw: Any) -> Process:
+    started = process(pid, **kw)
+    repo.create_hosting(started)
+    repo.start_training(started.started(), cycle(pid))
+    return started.started()
+
+
+def concurrently(count: int, call: Callable[[int], Any]) -> list[Any]:
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = call(index)
+        except Exception as error:  # the test inspects what each call raised
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+def test_a_process_round_trips_and_is_created_once(repo: Repository) -> None:
+    original = process()
+    repo.create_hosting(original)
+
+    assert repo.get_process("p1") == original
+    with pytest.raises(Conflict) as twice:
+        repo.create_hosting(dataclasses.replace(original, key_secret="other"))
+    assert twice.value.code == "duplicate_process"
+    assert repo.get_process("p1") == original
+    assert repo.get_process("nope") is None
+    assert repo.get_process("p1").server_config.authentication == AuthConfig(secret="abc")
+
+
+def test_start_training_opens_cycle_one_and_stores_the_status(repo: Repository) -> None:
+    started = hosted(repo)
+
+    assert repo.get_process("p1") == started
+    assert repo.get_cycle("p1", 1) == cycle()
+    assert repo.training_processes() == [started]
+    assert repo.get_cycle("p1", 2) is None
+
+
+def test_processes_are_found_by_name_and_version_and_deleted(repo: Repository) -> None:
+    repo.create_hosting(process("a", version="1"))
+    repo.create_hosting(process("b", version="2"))
+    repo.create_hosting(process("c", name="other"))
+
+    assert {p.id for p in repo.processes_named("mnist", None)} == {"a", "b"}
+    assert [p.id for p in repo.processes_named("mnist", "2")] == ["b"]
+    assert repo.processes_named("cifar", None) == []
+    repo.delete_process("a")
+    assert repo.get_process("a") is None
+
+
+# -- workers ------------------------------------------------------------------------
+
+
+def test_a_worker_is_saved_once_and_round_trips(repo: Repository) -> None:
+    first = worker("w1", fcm_token="t", available=True, available_until=T0, ram_gb=1.5)
+
+    assert repo.save_worker(first) == first
+    assert repo.save_worker(worker("w1")) == first  # create-if-absent: the stored one wins
+    assert repo.get_worker("w1") == first
+    assert repo.get_worker("w2") is None
+
+
+def test_update_worker_applies_a_change_without_losing_concurrent_ones(repo: Repository) -> None:
+    repo.save_worker(worker("w1", cpu_cores=0))
+
+    def increment(_: int) -> Worker | None:
+        return repo.update_worker(
+            "w1", lambda w: dataclasses.replace(w, cpu_cores=(w.cpu_cores or 0) + 1)
+        )
+
+    concurrently(12, increment)
+
+    assert repo.get_worker("w1").cpu_cores == 12
+    assert repo.update_worker("w1", lambda w: None) is None  # declined: nothing written
+    assert repo.update_worker("absent", lambda w: w) is None
+    assert repo.get_worker("absent") is None
+
+
+def test_workers_are_listed_by_process_availability_and_token(repo: Repository) -> None:
+    for i in range(35):
+        repo.save_worker(worker(f"w{i}", fcm_token=f"tok-{i}", available=i % 2 == 0))
+    repo.save_worker(worker("x", pid="p2", fcm_token="tok-1"))
+
+    assert len(repo.process_workers("p1")) == 35
+    assert {w.id for w in repo.process_workers("p1", available_only=True)} == {
+        f"w{i}" for i in range(0, 35, 2)
+    }
+    tokens = [f"tok-{i}" for i in range(35)]  # more than one 'in' filter holds
+    assert len(repo.workers_with_tokens("p1", tokens)) == 35
+    assert [w.id for w in repo.workers_with_tokens("p2", ["tok-1"])] == ["x"]
+
+
+def test_invitation_times_are_kept_apart_from_workers(repo: Repository) -> None:
+    repo.save_worker(worker("w1"))
+    repo.mark_invited("p1", ["w1", "w2"], T0)
+    repo.mark_invited("p1", ["w2"], T0 + timedelta(hours=1))
+
+    assert repo.last_invited("p1") == {"w1": T0, "w2": T0 + timedelta(hours=1)}
+    assert repo.last_invited("p2") == {}
+    assert repo.get_worker("w1") == worker("w1")
+
+
+# -- cycles -------------------------------------------------------------------------
+
+
+def test_update_cycle_applies_the_domain_transition_once(repo: Repository) -> None:
+    hosted(repo)
+    now = T0 + timedelta(minutes=2)
+
+    closing = concurrently(8, lambda _: repo.update_cycle("p1", 1, lambda c: c.begin_closing(now)))
+    assert sum(1 for c in closing if c is not None) == 1
+
+    leases = concurrently(
+        8, lambda _: repo.update_cycle("p1", 1, lambda c: c.take_lease(now, now + timedelta(1)))
+    )
+    assert sum(1 for c in leases if c is not None) == 1
+    stored = repo.get_cycle("p1", 1)
+    assert (stored.status, stored.aggregation_runs) == (CycleStatus.CLOSING, 1)
+    assert stored.closing_at == now
+    assert repo.update_cycle("p1", 9, lambda c: c) is None
+
+
+def test_counters_survive_concurrent_changes(repo: Repository) -> None:
+    hosted(repo)
+
+    concurrently(
+        10,
+        lambda _: repo.update_cycle("p1", 1, lambda c: dataclasses.replace(c, resets=c.resets + 1)),
+    )
+
+    assert repo.get_cycle("p1", 1).resets == 10
+
+
+def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository) -> None:
+    started = hosted(repo)
+    repo.update_cycle("p1", 1, lambda c: c.begin_closing(T0))
+    summary = CycleSummary(num_diffs=2, total_samples=2**70, checkpoint_out=2, closed_at=T0)
+    progressed = started.after_cycle(2, 2)
+
+    done = repo.complete_cycle("p1", 1, lambda c: c.complete(summary), cycle(seq=2), progressed)
+    again = repo.complete_cycle("p1", 1, lambda c: c.complete(summary), None, progressed)
+
+    assert done is not None and again is None
+    assert repo.get_cycle("p1", 1).status is CycleStatus.COMPLETED
+    assert repo.get_cycle("p1", 1).summary == summary  # beyond int64, kept
+    assert repo.get_cycle("p1", 2) == cycle(seq=2)
+    stored = repo.get_process("p1")
+    assert (stored.current_cycle, stored.latest_checkpoint) == (2, 2)
+    assert stored.status is ProcessStatus.TRAINING
+
+
+def test_the_last_cycle_completes_the_process(repo: Repository) -> None:
+    started = hosted(repo)
+    repo.update_cycle("p1", 1, lambda c: c.begin_closing(T0))
+    summary = CycleSummary(num_diffs=1, total_samples=3, checkpoint_out=2, closed_at=T0)
+
+    repo.complete_cycle("p1", 1, lambda c: c.complete(summary), None, started.after_cycle(2, None))
+
+    assert repo.get_process("p1").status is ProcessStatus.COMPLETED
+    assert repo.training_processes() == []
+
+
+def test_an_uncapped_place_is_claimed_once_per_worker(repo: Repository) -> None:
+    hosted(repo)
+    open_cycle = repo.get_cycle("p1", 1)
+
+    first = repo.claim_place("p1", open_cycle, "w1", T0, None)
+    again = repo.claim_place("p1", open_cycle, "w1", T0 + timedelta(1), None)
+
+    assert first == again == Assignment(worker_id="w1", seq=1, epoch=0, assigned_at=T0)
+    assert repo.get_assignment("p1", 1, "w1") == first
+    assert repo.count_assigned("p1", 1) == 1
+
+
+def test_capped_places_are_never_overbooked(repo: Repository) -> None:
+    hosted(repo)
+    open_cycle = repo.get_cycle("p1", 1)
+    rng = random.Random(3)
+    lock = threading.Lock()
+
+    def choose(taken: set[int]) -> int | None:
+        with lock:
+            return free_slot(taken, 5, rng)
+
+    claims = concurrently(16, lambda i: repo.claim_place("p1", open_cycle, f"w{i}", T0, choose))
+
+    placed = [a for a in claims if a is not None]
+    assert len(placed) == 5 and claims.count(None) == 11
+    assert sorted(a.slot for a in placed) == [0, 1, 2, 3, 4]
+    assert repo.count_assigned("p1", 1) == 5
+    assert repo.claim_place("p1", open_cycle, placed[0].worker_id, T0, choose) == placed[0]
+
+
+def report(epoch: int = 0, diff: str = "diffs/a") -> Report:
+    return Report(epoch=epoch, num_samples=7, diff_object=diff, at=T0 + timedelta(seconds=5))
+
+
+def test_a_report_is_counted_once_by_the_domain_rule(repo: Repository) -> None:
+    hosted(repo)
+    repo.save_worker(worker("w1"))
+    repo.claim_place("p1", repo.get_cycle("p1", 1), "w1", T0, None)
+
+    counted = repo.record_report("p1", 1, "w1", report())
+
+    assert counted.reported and counted.num_samples == 7 and counted.diff_object == "diffs/a"
+    assert repo.get_assignment("p1", 1, "w1") == counted
+    assert repo.get_worker("w1").last_cycle == 1
+    assert repo.count_reported("p1", 1) == 1
+    assert list(repo.reported_assignments("p1", 1)) == [counted]
+    with pytest.raises(Conflict) as twice:
+        repo.record_report("p1", 1, "w1", report(diff="diffs/b"))
+    assert twice.value.code == "already_reported"
+    assert repo.get_assignment("p1", 1, "w1").diff_object == "diffs/a"
+
+
+@pytest.mark.parametrize(
+    ("setup", "code"),
+    [
+        ("closed", "cycle_closed"),
+        ("stale_epoch", "assignment_dropped"),
+        ("no_place", "assignment_dropped"),
+    ],
+)
+def test_a_report_the_rule_refuses_changes_nothing(repo: Repository, setup: str, code: str) -> None:
+    hosted(repo)
+    repo.save_worker(worker("w1"))
+    if setup != "no_place":
+        repo.claim_place("p1", repo.get_cycle("p1", 1), "w1", T0, None)
+    if setup == "closed":
+        repo.update_cycle("p1", 1, lambda c: c.begin_closing(T0))
+
+    with pytest.raises(Conflict) as refused:
+        repo.record_report("p1", 1, "w1", report(epoch=1 if setup == "stale_epoch" else 0))
+
+    assert refused.value.code == code
+    assert repo.count_reported("p1", 1) == 0
+    assert repo.get_worker("w1").last_cycle is None
+
+
+def test_twin_reports_are_counted_once(repo: Repository) -> None:
+    hosted(repo)
+    repo.save_worker(worker("w1"))
+    repo.claim_place("p1", repo.get_cycle("p1", 1), "w1", T0, None)
+
+    outcomes = concurrently(6, lambda i: repo.record_report("p1", 1, "w1", report(diff=f"d{i}")))
+
+    counted = [o for o in outcomes if isinstance(o, Assignment)]
+    refused = [o for o in outcomes if isinstance(o, Conflict)]
+    assert len(counted) == 1 and len(refused) == 5
+    assert {r.code for r in refused} == {"already_reported"}
+    assert repo.get_assignment("p1", 1, "w1") == counted[0]
+
+
+def test_a_reset_drops_unreported_places_and_frees_their_slots(repo: Repository) -> None:
+    hosted(repo)
+    open_cycle = repo.get_cycle("p1", 1)
+    rng = random.Random(0)
+
+    def choose(taken: set[int]) -> int | None:
+        return free_slot(taken, 2, rng)
+
+    for wid in ("w1", "w2"):
+        repo.save_worker(worker(wid))
+        repo.claim_place("p1", open_cycle, wid, T0, choose)
+    repo.record_report("p1", 1, "w1", report())
+    assert repo.claim_place("p1", open_cycle, "w3", T0, choose) is None  # full
+
+    reset = repo.update_cycle(
+        "p1", 1, lambda c: c.reset(open_cycle, T0 + timedelta(hours=1), drop_unreported=True)
+    )
+    assert reset is not None and reset.epoch == 1 and reset.resets == 1
+    assert (
+        repo.update_cycle("p1", 1, lambda c: c.reset(open_cycle, None, drop_unreported=True))
+        is None
+    )
+    dropped = repo.drop_assignments("p1", 1, lambda a: a.dropped_by_reset(reset.epoch))
+
+    assert dropped == ["w2"]
+    assert {a.worker_id for a in repo.assignments("p1", 1)} == {"w1"}
+    placed = repo.claim_place("p1", reset, "w3", T0, choose)
+    assert placed is not None and placed.epoch == 1  # the freed slot is taken again
+
+
+def test_invitations_are_recorded_once_per_worker(repo: Repository) -> None:
+    hosted(repo)
+
+    first = repo.record_invitations("p1", 1, 0, ["w1", "w2"], T0)
+    second = repo.record_invitations("p1", 1, 1, ["w2", "w3"], T0)
+
+    assert (first, second) == (["w1", "w2"], ["w3"])
+    assert repo.invitations("p1", 1) == {"w1": 0, "w2": 0, "w3": 1}
+
+
+def test_a_lock_is_held_until_released_or_expired(repo: Repository) -> None:
+    hosted(repo)
+    until = T0 + timedelta(seconds=60)
+
+    taken = concurrently(6, lambda _: repo.try_lock("p1", 1, "invite", T0, until))
+    assert taken.count(True) == 1
+    assert not repo.try_lock("p1", 1, "invite", T0 + timedelta(seconds=30), until)
+    assert repo.try_lock("p1", 1, "invite", until, until + timedelta(seconds=60))  # expired
+    repo.unlock("p1", 1, "invite")
+    assert repo.try_lock("p1", 1, "invite", until, until + timedelta(seconds=60))
+
+
+# -- metrics and pushes ---------------------------------------------------------------
+
+
+def test_metrics_rows_are_kept_one_per_client_cycle_and_set(repo: Repository) -> None:
+    row = {"client_id": "c1", "cycle_id": 1, "accuracy": 0.5, "num_samples": 3, "set": "test"}
+    repo.add_metrics("p1", [row, row | {"client_id": "c0"}, row | {"set": "train"}])
+    repo.add_metrics("p1", [row | {"accuracy": 0.75}])
+
+    rows = repo.list_metrics("p1")
+    assert [(r["client_id"], r["set"]) for r in rows] == [
+        ("c0", "test"),
+        ("c1", "test"),
+        ("c1", "train"),
+    ]
+    assert rows[1]["accuracy"] == 0.75
+
+
+def test_a_push_is_claimed_once_and_listed_newest_first(repo: Repository) -> None:
+    for i in range(7):
+        claimed = repo.claim_push("p1", f"k{i}", {"type": "t", "created_at": T0 + timedelta(i)})
+        assert claimed
+    assert not repo.claim_push("p1", "k0", {"type": "again", "created_at": T0})
+    repo.finish_push("p1", "k6", {"sent": 3})
+
+    recent = repo.recent_pushes("p1", limit=3)
+    assert [r["created_at"] for r in recent] == [T0 + timedelta(i) for i in (6, 5, 4)]
+    assert recent[0]["sent"] == 3
