@@ -3,23 +3,28 @@ parse the request or event, call a service, map the result."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
 from firegrid import web
-from firegrid.adapters.events import decode_change
+from firegrid.adapters import events
+from firegrid.adapters.transient import is_transient
+from firegrid.domain.changes import entered_closing, joined_pool, newly_reported
+from firegrid.manifest import trigger_pattern
 from firegrid.services import cycles, devices, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.wiring import context
 
 logging.basicConfig(level=os.environ.get("FIREGRID_LOG_LEVEL", "INFO"))
 log = logging.getLogger("firegrid.functions")
+T = TypeVar("T")
 
 
 def _speed_test_upload(ctx: Context, request: flask.Request) -> web.Reply:
@@ -96,45 +101,46 @@ def tick(request: flask.Request) -> flask.Response:
     )
 
 
-def _doc_ids(path: str) -> dict[str, str]:
-    """``processes/p/cycles/3/assignments/w`` -> {"processes": "p", "cycles": "3", ...}."""
-    parts = path.split("/")
-    return dict(zip(parts[0::2], parts[1::2], strict=True))
+@contextlib.contextmanager
+def _trigger(name: str) -> Iterator[None]:
+    """Transient failures are raised (the platform redelivers the event); permanent ones
+    are logged and the event dropped, since a retry would only fail again."""
+    try:
+        yield
+    except Exception as error:
+        if is_transient(error):
+            log.warning("%s: transient failure, left to the platform's retry: %r", name, error)
+            raise
+        log.exception("%s: permanent failure, event dropped", name)
+
+
+def _change(event: CloudEvent, target: str, codec: events.Codec[T]) -> events.Change[T]:
+    return events.decode(event["subject"], event.data, trigger_pattern(target), codec)
 
 
 @functions_framework.cloud_event
 def on_assignment_written(event: CloudEvent) -> None:
-    """A newly reported diff may fill the cycle: close it then."""
-    change = decode_change(event["subject"], event.data)
-    reported_now = bool(change.after and change.after.get("reported")) and not (
-        change.before and change.before.get("reported")
-    )
-    if not reported_now:
-        return
-    ids = _doc_ids(change.path)
-    cycles.on_report(context(), ids["processes"], int(ids["cycles"]))
+    """A newly reported diff may fill the cycle: mark it closing then."""
+    with _trigger("on_assignment_written"):
+        change = _change(event, "on_assignment_written", events.assignment_codec)
+        if newly_reported(change.before, change.after):
+            cycles.on_report(context(), change.params["process"], int(change.params["cycle"]))
 
 
 @functions_framework.cloud_event
 def on_worker_written(event: CloudEvent) -> None:
     """A worker that registered a token or became available may complete the pool."""
-    change = decode_change(event["subject"], event.data)
-    after, before = change.after or {}, change.before or {}
-    new_token = bool(after.get("fcm_token")) and after.get("fcm_token") != before.get("fcm_token")
-    confirmed = bool(after.get("available")) and (
-        not before.get("available") or after.get("available_until") != before.get("available_until")
-    )
-    if (new_token or confirmed) and after.get("process_id"):
-        pool.invite(context(), str(after["process_id"]))
+    with _trigger("on_worker_written"):
+        change = _change(event, "on_worker_written", events.worker_codec)
+        if change.after is not None and joined_pool(change.before, change.after):
+            pool.invite(context(), change.after.process_id)
 
 
 @functions_framework.cloud_event
 def on_cycle_written(event: CloudEvent) -> None:
-    """A cycle entering ``closing`` is aggregated (idempotent under redelivery)."""
-    change = decode_change(event["subject"], event.data)
-    entered_closing = bool(change.after and change.after.get("status") == "closing") and not (
-        change.before and change.before.get("status") == "closing"
-    )
-    if entered_closing:
-        ids = _doc_ids(change.path)
-        cycles.close_cycle(context(), ids["processes"], int(ids["cycles"]))
+    """A cycle entering ``closing`` is aggregated: the one closing path (idempotent under
+    redelivery; the tick re-drives a closing that no trigger took up)."""
+    with _trigger("on_cycle_written"):
+        change = _change(event, "on_cycle_written", events.cycle_codec)
+        if entered_closing(change.before, change.after):
+            cycles.close_cycle(context(), change.params["process"], int(change.params["cycle"]))

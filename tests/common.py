@@ -24,3 +24,58 @@ def tiny_model() -> tuple[State, bytes]:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def document_event(
+    project_id: str, path: str, before: dict | None, after: dict | None
+) -> tuple[dict[str, str], bytes]:
+    """Headers and raw protobuf body of the CloudEvent Eventarc sends for a write of the
+    document at ``path`` (fields as Python values; ``None`` for a side that is absent)."""
+    import uuid
+    from datetime import datetime
+
+    from google.events.cloud.firestore import (
+        ArrayValue,
+        Document,
+        DocumentEventData,
+        MapValue,
+        Value,
+    )
+
+    def value(item: object) -> Value:
+        if item is None:
+            return Value(null_value=0)
+        if isinstance(item, bool):
+            return Value(boolean_value=item)
+        if isinstance(item, int):
+            return Value(integer_value=item)
+        if isinstance(item, float):
+            return Value(double_value=item)
+        if isinstance(item, str):
+            return Value(string_value=item)
+        if isinstance(item, datetime):
+            return Value(timestamp_value=item)
+        if isinstance(item, dict):
+            return Value(map_value=MapValue(fields={k: value(v) for k, v in item.items()}))
+        if isinstance(item, list):
+            return Value(array_value=ArrayValue(values=[value(v) for v in item]))
+        raise TypeError(f"no Firestore value for {item!r}")
+
+    name = f"projects/{project_id}/databases/(default)/documents/{path}"
+
+    def document(fields: dict | None) -> Document:
+        if fields is None:
+            return Document()
+        return Document(name=name, fields={k: value(v) for k, v in fields.items()})
+
+    data = DocumentEventData(old_value=document(before), value=document(after))
+    headers = {
+        "Content-Type": "application/protobuf",
+        "ce-id": str(uuid.uuid4()),
+        "ce-specversion": "1.0",
+        "ce-type": "google.cloud.firestore.document.v1.written",
+        "ce-source": f"//firestore.googleapis.com/projects/{project_id}/databases/(default)",
+        "ce-subject": f"documents/{path}",
+        "ce-document": path,
+    }
+    return headers, DocumentEventData.serialize(data)

@@ -60,3 +60,11 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         ),
     ),
 )
+
+
+def trigger_pattern(target: str) -> str:
+    """The document pattern of the Firestore-triggered function ``target``."""
+    for spec in FUNCTIONS:
+        if spec.target == target and spec.trigger is not None:
+            return spec.trigger.document
+    raise KeyError(f"no Firestore-triggered function {target!r}")

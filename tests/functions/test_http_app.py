@@ -8,7 +8,6 @@ it afresh, so the fixtures patch ``firegrid.wiring.context`` before creating an 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -22,13 +21,13 @@ from flask.testing import FlaskClient
 
 import firegrid.wiring
 from firegrid.domain import blobs
-from firegrid.domain.cycle import CycleStatus
+from firegrid.domain.cycle import Cycle, CycleStatus
 from firegrid.domain.keys import pseudonym
-from firegrid.domain.model import Assignment
 from firegrid.services import hosting
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
-from tests.fakes import CycleRecord, fake_settings, make_context
+from tests.common import document_event
+from tests.fakes import fake_settings, make_context
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "functions" / "main.py")
@@ -359,21 +358,37 @@ def test_a_forged_request_key_is_401(ctx, app, tiny) -> None:
 # -- Firestore triggers -------------------------------------------------------
 
 
-def test_the_golden_events_decode_to_the_assignment_change() -> None:
-    from firegrid.adapters.events import decode_change
+ASSIGNMENT = "processes/{process}/cycles/{cycle}/assignments/{worker}"
+
+
+def test_the_golden_events_decode_to_typed_assignment_changes() -> None:
+    from firegrid.adapters.events import assignment_codec, decode
 
     headers, data = golden("assignment_reported")
-    change = decode_change(headers["ce-subject"], data)
+    change = decode(headers["ce-subject"], data, ASSIGNMENT, assignment_codec)
 
-    assert change.path == headers["ce-document"]
-    assert (change.before["reported"], change.after["reported"]) == (False, True)
-    assert change.after["num_samples"] == 5
+    assert change.params == {
+        "process": "d85abbbe9ec6619285e7",
+        "cycle": "1",
+        "worker": "491e5eaf047d01ecb8f9c683",
+    }
+    assert (change.before.reported, change.after.reported) == (False, True)
+    assert change.after.num_samples == 5
     created_headers, created_data = golden("assignment_created")
-    created = decode_change(created_headers["ce-subject"], created_data)
-    assert (created.before, created.after["reported"]) == (None, False)
+    created = decode(created_headers["ce-subject"], created_data, ASSIGNMENT, assignment_codec)
+    assert (created.before, created.after.reported) == (None, False)
 
 
-def test_a_reported_assignment_event_closes_the_full_cycle_once(ctx, app, tiny) -> None:
+def cycle_event(ctx: Context, process_id: str, before: Cycle, after: Cycle) -> tuple[dict, bytes]:
+    from firegrid.adapters.firestore_codecs import cycle_doc
+
+    path = f"processes/{process_id}/cycles/{after.seq}"
+    return document_event("demo-test", path, cycle_doc(before), cycle_doc(after))
+
+
+def test_a_report_event_marks_the_cycle_closing_and_the_cycle_event_closes_it_once(
+    ctx, app, tiny
+) -> None:
     process_id = host(ctx, tiny, max_diffs=1, authentication={"secret": "abc"})
     device = app("model_centric")
     worker_id, accepted = joined(device, token="valid:alice")
@@ -388,7 +403,8 @@ def test_a_reported_assignment_event_closes_the_full_cycle_once(ctx, app, tiny) 
         },
     )
     assert reported.json == {"status": "success"}
-    assert ctx.repo.get_cycle(process_id, 1).status is CycleStatus.OPEN  # the trigger closes it
+    opened = ctx.repo.get_cycle(process_id, 1)
+    assert opened.status is CycleStatus.OPEN  # the triggers close it
     trigger = app("on_assignment_written")
     created_headers, created = golden_at("assignment_created", worker_id)
     reported_headers, reported_event = golden_at("assignment_reported", worker_id)
@@ -400,6 +416,13 @@ def test_a_reported_assignment_event_closes_the_full_cycle_once(ctx, app, tiny) 
     assert ctx.repo.get_cycle(process_id, 1).status is CycleStatus.OPEN  # not a report: nothing
     for _ in range(2):  # at-least-once delivery: the second finds nothing to do
         assert trigger.post("/", data=reported_event, headers=reported_headers).status_code == 200
+    closing = ctx.repo.get_cycle(process_id, 1)
+    assert closing.status is CycleStatus.CLOSING  # one closing path: the cycle trigger aggregates
+    assert ctx.repo.get_cycle(process_id, 2) is None
+
+    headers, event = cycle_event(ctx, process_id, opened, closing)
+    for _ in range(2):
+        assert app("on_cycle_written").post("/", data=event, headers=headers).status_code == 200
 
     record = ctx.repo.get_cycle(process_id, 1)
     assert record.status is CycleStatus.COMPLETED
@@ -408,37 +431,59 @@ def test_a_reported_assignment_event_closes_the_full_cycle_once(ctx, app, tiny) 
     assert ctx.blobs.writes.count(blobs.checkpoint_object(process_id, 2)) == 1
 
 
-def test_the_emulators_base64_cycle_event_drives_the_close(ctx, app, tiny) -> None:
-    """The Firestore emulator's own capture (base64 text) of cycle p1/1 entering ``closing``."""
+def test_the_emulators_base64_capture_is_decoded_by_the_router_once() -> None:
+    """The Firestore emulator's own capture (base64 text) of cycle p1/1 entering ``closing``:
+    the local router turns it into the protobuf production sends; functions never see base64."""
+    from firegrid.adapters.events import raw_change
+    from firegrid.local.router import decode_body
+
     capture = json.loads((EMULATOR / "cycle_updated_event.json").read_text())
-    hosted = host(ctx, tiny)
-    # The capture names process "p1": the hosted process, copied under that id, closing.
-    repo = ctx.repo
-    repo.processes["p1"] = dataclasses.replace(repo.processes[hosted], id="p1")
-    cycle = dataclasses.replace(
-        repo.get_cycle(hosted, 1), process_id="p1", status=CycleStatus.CLOSING
-    )
-    diff_name = blobs.diff_object("p1", 1, "w1", 0, "0" * 16)
-    at = cycle.opened_at
-    reported = Assignment(
-        worker_id="w1",
-        seq=1,
-        epoch=0,
-        assigned_at=at,
-        reported_at=at,
-        num_samples=3,
-        diff_object=diff_name,
-    )
-    repo.cycles[("p1", 1)] = CycleRecord(cycle=cycle, assignments={"w1": reported})
-    ctx.blobs.put(
-        blobs.checkpoint_object("p1", 1), ctx.blobs.get(blobs.checkpoint_object(hosted, 1))
-    )
-    ctx.blobs.put(diff_name, encode_state({k: np.zeros_like(v) for k, v in tiny[0].items()}))
+    body, content_type = decode_body(capture["body"].encode(), "application/protobuf")
 
-    response = app("on_cycle_written").post("/", data=capture["body"], headers=capture["headers"])
+    change = raw_change(capture["headers"]["ce-subject"], body)
+    assert content_type == "application/protobuf"
+    assert (change.before["status"], change.after["status"]) == ("open", "closing")
+    with pytest.raises(ValueError, match="neither DocumentEventData protobuf nor JSON"):
+        raw_change(capture["headers"]["ce-subject"], capture["body"])
 
-    assert response.status_code == 200
-    record = repo.get_cycle("p1", 1)
-    assert record.status is CycleStatus.COMPLETED
-    assert (record.summary.num_diffs, record.summary.total_samples) == (1, 3)
-    assert repo.get_process("p1").current_cycle == 2
+
+@pytest.mark.parametrize(
+    ("subject", "data"),
+    [
+        ("documents/processes/p/cycles/1", b"not an event"),
+        ("documents/elsewhere/x", b""),
+    ],
+)
+def test_a_permanently_broken_event_is_logged_and_dropped(app, subject, data, caplog) -> None:
+    headers = {
+        "Content-Type": "application/protobuf",
+        "ce-id": "1",
+        "ce-specversion": "1.0",
+        "ce-type": "google.cloud.firestore.document.v1.written",
+        "ce-source": "//firestore.googleapis.com/projects/demo-test/databases/(default)",
+        "ce-subject": subject,
+    }
+
+    response = app("on_cycle_written").post("/", data=data, headers=headers)
+
+    assert response.status_code == 200  # dropped: a retry could never succeed
+    assert "permanent failure, event dropped" in caplog.text
+
+
+def test_a_transient_failure_is_raised_for_the_platform_to_retry(ctx, app, tiny) -> None:
+    from google.api_core import exceptions as gexc
+
+    process_id = host(ctx, tiny)
+    opened = ctx.repo.get_cycle(process_id, 1)
+    closing = opened.begin_closing(opened.opened_at)
+    ctx.repo.update_cycle(process_id, 1, lambda c: closing)
+
+    def unavailable(*args: object) -> None:
+        raise gexc.ServiceUnavailable("firestore is restarting")
+
+    ctx.repo.update_cycle = unavailable
+    headers, event = cycle_event(ctx, process_id, opened, closing)
+
+    response = app("on_cycle_written").post("/", data=event, headers=headers)
+
+    assert response.status_code == 500  # functions-framework's answer to a raise: redelivered

@@ -10,7 +10,7 @@ import numpy as np
 import requests
 
 from firegrid.tensors import encode_state
-from tests.common import b64, tiny_model
+from tests.common import b64, document_event, tiny_model
 
 HS256_FIXTURE = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.yYhP2xosmpuyV5aoT8mz7GFESzq3hKSy-CRWC-vYOIU"
@@ -130,27 +130,38 @@ def pushes(fcm_url: str, push_type: str | None = None) -> list[dict[str, Any]]:
     return [m for m in messages if push_type is None or m["data"]["type"] == push_type]
 
 
-def assignment_reported_event(stack: Any, path: str) -> tuple[dict[str, str], bytes]:
-    """Headers and raw protobuf body of the CloudEvent for ``reported: false -> true`` at ``path``,
-    as Eventarc delivers it in production."""
-    import uuid
+def assignment_reported_event(
+    stack: Any, path: str, stored: dict[str, Any]
+) -> tuple[dict[str, str], bytes]:
+    """Headers and raw protobuf body of the CloudEvent for ``reported: false -> true`` of the
+    assignment document ``stored`` at ``path``, as Eventarc delivers it in production."""
+    unreported = stored | {"reported": False, "reported_at": None}
+    return document_event(stack.project_id, path, unreported, stored)
 
-    from google.events.cloud.firestore import Document, DocumentEventData, Value
 
-    name = f"projects/{stack.project_id}/databases/(default)/documents/{path}"
-    data = DocumentEventData(
-        old_value=Document(name=name, fields={"reported": Value(boolean_value=False)}),
-        value=Document(name=name, fields={"reported": Value(boolean_value=True)}),
-    )
-    headers = {
-        "Content-Type": "application/protobuf",
-        "ce-id": str(uuid.uuid4()),
-        "ce-specversion": "1.0",
-        "ce-type": "google.cloud.firestore.document.v1.written",
-        "ce-source": f"//firestore.googleapis.com/projects/{stack.project_id}/databases/(default)",
-        "ce-subject": f"documents/{path}",
-    }
-    return headers, DocumentEventData.serialize(data)
+def cycle_closing_event(
+    stack: Any, path: str, stored: dict[str, Any]
+) -> tuple[dict[str, str], bytes]:
+    """The CloudEvent of the cycle document ``stored`` at ``path`` entering ``closing``."""
+    closing = stored | {"status": "closing"}
+    return document_event(stack.project_id, path, stored | {"status": "open"}, closing)
+
+
+def redeliver(stack: Any, function: str, event: tuple[dict[str, str], bytes]) -> None:
+    """Deliver a trigger event again, as at-least-once delivery may; it must be decodable
+    (a dropped event would prove nothing) and answered 200."""
+    from firegrid.adapters import events
+    from firegrid.manifest import trigger_pattern
+
+    headers, body = event
+    target = function.replace("-", "_")
+    codec = {
+        "on_assignment_written": events.assignment_codec,
+        "on_cycle_written": events.cycle_codec,
+    }[target]
+    events.decode(headers["ce-subject"], body, trigger_pattern(target), codec)
+    response = requests.post(f"{stack.base_url}/{function}", data=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
 
 
 def wait_past_deadline(api: Api, model: str = "mnist") -> None:

@@ -5,10 +5,16 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 from google.cloud import firestore
 
-from .support import Api, assignment_reported_event, cycle_seq, wait_for
+from .support import (
+    Api,
+    assignment_reported_event,
+    cycle_closing_event,
+    cycle_seq,
+    redeliver,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -84,12 +90,19 @@ def test_a_redelivered_trigger_event_changes_nothing(
     checkpoint = api.admin("GET", "retrieve-model", params={"name": "mnist"}).content
 
     path = f"processes/{process_id}/cycles/1/assignments/{worker_id}"
-    headers, body = assignment_reported_event(clean_stack, path)
+    stored = db.document(path).get().to_dict()
+    assert stored["reported"]
+    cycle_path = f"processes/{process_id}/cycles/1"
+    closed = _cycle_doc(db, process_id, 1)
     for _ in range(2):
-        response = requests.post(
-            f"{clean_stack.base_url}/on-assignment-written", data=body, headers=headers, timeout=30
+        redeliver(
+            clean_stack,
+            "on-assignment-written",
+            assignment_reported_event(clean_stack, path, stored),
         )
-        assert response.status_code == 200
+        redeliver(
+            clean_stack, "on-cycle-written", cycle_closing_event(clean_stack, cycle_path, closed)
+        )
 
     assert _cycle_doc(db, process_id, 1)["aggregation_runs"] == 1
     assert _cycle_doc(db, process_id, 2) == before

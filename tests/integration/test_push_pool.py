@@ -8,12 +8,15 @@ from collections import Counter
 
 import pytest
 import requests
+from google.cloud import firestore
 
 from .support import (
     Api,
     assignment_reported_event,
+    cycle_closing_event,
     cycle_seq,
     pushes,
+    redeliver,
     register_token,
     wait_for,
     wait_past_deadline,
@@ -111,7 +114,9 @@ def test_require_invitation_needs_the_start_key(api: Api, clean_stack) -> None:
     assert api.cycle_request(worker_id, cycle_start_request_key=key)["status"] == "accepted"
 
 
-def test_completion_and_final_pushes_reach_the_right_workers_once(api: Api, clean_stack) -> None:
+def test_completion_and_final_pushes_reach_the_right_workers_once(
+    api: Api, clean_stack, stack_env
+) -> None:
     process_id = api.host(num_cycles=2, min_workers=1, max_workers=1, max_diffs=1)
     tokens = _join_pool(api, 3)
     registered = set(tokens.values())
@@ -121,10 +126,19 @@ def test_completion_and_final_pushes_reach_the_right_workers_once(api: Api, clea
     wait_for(lambda: cycle_seq(api) == 2, what="cycle 2")
     wait_for(lambda: pushes(clean_stack.fcm_url, "cycle_completed"), what="cycle_completed")
     path = f"processes/{process_id}/cycles/1/assignments/{worker_id}"
-    for _ in range(2):  # the same trigger event delivered again changes nothing
-        headers, body = assignment_reported_event(clean_stack, path)
-        assert requests.post(f"{clean_stack.base_url}/on-assignment-written", data=body,
-                             headers=headers, timeout=30).status_code == 200  # fmt: skip
+    cycle_path = f"processes/{process_id}/cycles/1"
+    db = firestore.Client(project=clean_stack.project_id)
+    for _ in range(2):  # the same trigger events delivered again change nothing
+        stored = db.document(path).get().to_dict()
+        redeliver(
+            clean_stack,
+            "on-assignment-written",
+            assignment_reported_event(clean_stack, path, stored),
+        )
+        closed = db.document(cycle_path).get().to_dict()
+        redeliver(
+            clean_stack, "on-cycle-written", cycle_closing_event(clean_stack, cycle_path, closed)
+        )
     _settle()
     completed = pushes(clean_stack.fcm_url, "cycle_completed")
     assert Counter(m["token"] for m in completed) == Counter(registered)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from firegrid.domain.errors import BadRequest, Unauthorized
-from firegrid.services import cycles, devices, hosting, operator, pool
+from firegrid.services import devices, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
 from tests.common import State, b64
+from tests.unit.test_services import on_report, tick
 
 
 def host(ctx: Context, tiny: tuple[State, bytes], **server: Any) -> str:
@@ -263,7 +264,7 @@ def test_a_completed_cycle_pushes_completion_availability_then_invitations_once(
     ctx.clock.advance(1)
     ctx.notifier.sent.clear()
 
-    assert cycles.on_report(ctx, process_id, 1)  # closes cycle 1 and pushes
+    assert on_report(ctx, process_id)  # closes cycle 1 and pushes
     pool.after_cycle_completed(ctx, process_id, 1)  # a redelivered trigger
 
     assert ctx.notifier.types() == ["cycle_completed", "worker_online_status", "request_for_cycle"]
@@ -286,7 +287,7 @@ def test_a_worker_kept_out_by_do_not_reuse_gets_no_cycle_completed(ctx, tiny) ->
     report_for(ctx, tiny, trained)
     ctx.notifier.sent.clear()
 
-    assert cycles.on_report(ctx, process_id, 1)
+    assert on_report(ctx, process_id)
 
     assert tokens(ctx.notifier.of_type("cycle_completed")) == [f"tok-{other}"]
     assert tokens(ctx.notifier.of_type("request_for_cycle")) == [f"tok-{other}"]
@@ -301,7 +302,7 @@ def test_the_last_cycle_pushes_fl_completed_to_every_registered_worker_once(ctx,
     report_for(ctx, tiny, workers[0])
     ctx.clock.advance(10_000)  # availability lapsed: fl_completed still reaches everyone
 
-    assert cycles.on_report(ctx, process_id, 1)
+    assert on_report(ctx, process_id)
     pool.after_cycle_completed(ctx, process_id, 1)
 
     assert ctx.notifier.types() == ["fl_completed"]
@@ -317,7 +318,7 @@ def test_a_reset_tells_the_dropped_and_the_pool_then_invites_again(ctx, tiny) ->
     pool.worker_status(ctx, {"worker_id": idle, "available": False})
     ctx.clock.advance(61)
 
-    report = cycles.tick(ctx)
+    report = tick(ctx)
 
     assert report.reset == ["mnist:1.0#1"]
     assert ctx.notifier.types() == ["cycle_reset", "worker_online_status", "request_for_cycle"]

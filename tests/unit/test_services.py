@@ -65,6 +65,22 @@ def send_report(
     return devices.report(ctx, body)
 
 
+def on_report(ctx: Context, process_id: str, seq: int = 1) -> bool:
+    """What a report sets off: the report trigger marks a full cycle closing, then the
+    cycle trigger aggregates it. True if the cycle closed."""
+    return cycles.on_report(ctx, process_id, seq) and cycles.close_cycle(ctx, process_id, seq)
+
+
+def tick(ctx: Context) -> cycles.TickReport:
+    """The tick, then the cycle trigger of every cycle it marked closing."""
+    report = cycles.tick(ctx)
+    for (process_id, seq), record in list(ctx.repo.cycles.items()):
+        closing = record.cycle.status is CycleStatus.CLOSING
+        if closing and record.cycle.closing_lease_until is None:
+            cycles.close_cycle(ctx, process_id, seq)
+    return report
+
+
 def begin_closing(ctx: Context, process_id: str, seq: int) -> bool:
     """``open -> closing``, as a full cycle or an expired deadline does it."""
     closing = ctx.repo.update_cycle(process_id, seq, lambda c: c.begin_closing(ctx.clock.now()))
@@ -271,7 +287,7 @@ def test_after_the_last_cycle_the_rejection_has_no_timeout(ctx, tiny) -> None:
     process_id = host(ctx, tiny, num_cycles=1, max_diffs=1)
     worker_id, key = join(ctx)
     send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
-    assert cycles.on_report(ctx, process_id, 1)
+    assert on_report(ctx, process_id)
 
     answer = ask(ctx, login(ctx))
 
@@ -289,9 +305,9 @@ def test_the_cycle_closes_at_max_diffs_with_the_sample_weighted_average(ctx, tin
     d1, d2 = constant_diff(tiny, 0.1), constant_diff(tiny, -0.3)
 
     send_report(ctx, w1, k1, d1, num_samples=30)
-    assert not cycles.on_report(ctx, process_id, 1)  # one diff of two: stays open
+    assert not on_report(ctx, process_id)  # one diff of two: stays open
     send_report(ctx, w2, k2, d2, num_samples=10)
-    closed = cycles.on_report(ctx, process_id, 1)
+    closed = on_report(ctx, process_id)
 
     assert closed
     before, after = checkpoint(ctx, process_id, 1), checkpoint(ctx, process_id, 2)
@@ -314,7 +330,7 @@ def test_a_late_report_after_the_close_is_409_and_changes_nothing(ctx, tiny) -> 
     (w1, k1), (w2, k2), (late, late_key) = join(ctx), join(ctx), join(ctx)
     send_report(ctx, w1, k1, constant_diff(tiny, 0.1))
     send_report(ctx, w2, k2, constant_diff(tiny, 0.2))
-    assert cycles.on_report(ctx, process_id, 1)
+    assert on_report(ctx, process_id)
     objects = dict(ctx.blobs.objects)
 
     with pytest.raises(Conflict) as refused:
@@ -324,7 +340,7 @@ def test_a_late_report_after_the_close_is_409_and_changes_nothing(ctx, tiny) -> 
     assert ctx.blobs.objects == objects
     assert ctx.repo.get_cycle(process_id, 1).summary.num_diffs == 2
     assert not ctx.repo.get_assignment(process_id, 1, late).reported
-    assert not cycles.on_report(ctx, process_id, 1)
+    assert not on_report(ctx, process_id)
 
 
 def test_a_second_report_from_the_same_worker_is_409(ctx, tiny) -> None:
@@ -402,7 +418,7 @@ def test_the_tick_does_nothing_before_the_deadline(ctx, tiny) -> None:
     send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
     ctx.clock.advance(59)
 
-    report = cycles.tick(ctx)
+    report = tick(ctx)
 
     assert (report.closed, report.reset, report.failed) == ([], [], [])
     assert ctx.repo.get_cycle(process_id, 1).status is CycleStatus.OPEN
@@ -414,7 +430,7 @@ def test_the_tick_closes_an_expired_cycle_with_enough_diffs(ctx, tiny) -> None:
     send_report(ctx, w1, k1, constant_diff(tiny, 0.1), num_samples=4)
     ctx.clock.advance(60)
 
-    report = cycles.tick(ctx)
+    report = tick(ctx)
 
     assert report.closed == ["mnist:1.0#1"]
     record = ctx.repo.get_cycle(process_id, 1)
@@ -432,7 +448,7 @@ def test_the_tick_resets_an_expired_cycle_with_too_few_diffs(ctx, tiny) -> None:
     assert ask(ctx, newcomer)["reason"] == "cycle_full"
     ctx.clock.advance(61)
 
-    report = cycles.tick(ctx)
+    report = tick(ctx)
 
     assert report.reset == ["mnist:1.0#1"]
     cycle = ctx.repo.get_cycle(process_id, 1)
@@ -449,7 +465,7 @@ def test_the_tick_resets_an_expired_cycle_with_too_few_diffs(ctx, tiny) -> None:
     assert answer["status"] == "accepted"
     assert answer["request_key"].startswith("1.1.")
     send_report(ctx, newcomer, answer["request_key"], constant_diff(tiny, 0.3))
-    assert cycles.on_report(ctx, process_id, 1)
+    assert on_report(ctx, process_id)
     assert ctx.repo.get_cycle(process_id, 1).summary.num_diffs == 2
 
 
@@ -458,7 +474,7 @@ def test_on_expiry_extend_keeps_the_assignments(ctx, tiny) -> None:
     worker_id, key = join(ctx)
     ctx.clock.advance(61)
 
-    report = cycles.tick(ctx)
+    report = tick(ctx)
 
     assert (report.extended, report.reset) == (["mnist:1.0#1"], [])
     assert ctx.repo.get_cycle(process_id, 1).epoch == 0
@@ -477,10 +493,10 @@ def test_the_tick_redrives_a_closing_cycle_once_its_lease_expired(ctx, tiny) -> 
     )
 
     ctx.clock.advance(9 * 60)
-    assert cycles.tick(ctx).redriven == []
+    assert tick(ctx).redriven == []
     assert ctx.repo.get_cycle(process_id, 1).status is CycleStatus.CLOSING
     ctx.clock.advance(60 + 1)
-    report = cycles.tick(ctx)
+    report = tick(ctx)
 
     assert report.redriven == ["mnist:1.0#1"]
     record = ctx.repo.get_cycle(process_id, 1)
@@ -501,7 +517,7 @@ def test_one_broken_process_does_not_stop_the_tick_for_the_others(ctx, tiny) -> 
     begin_closing(ctx, broken, 1)
     ctx.clock.advance(61)
 
-    report = cycles.tick(ctx)
+    report = tick(ctx)
 
     assert report.failed == ["broken:1#1"]
     assert report.closed == ["mnist:1.0#1"]

@@ -13,7 +13,7 @@ from firegrid.domain.cycle import CycleStatus
 from firegrid.domain.diffs import max_file_bytes
 from firegrid.domain.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
 from firegrid.domain.keys import stable_id
-from firegrid.services import cycles, devices, hosting, operator
+from firegrid.services import devices, hosting, operator
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
 from tests.common import State, b64
@@ -25,6 +25,7 @@ from tests.unit.test_services import (
     host_body,
     join,
     login,
+    on_report,
     send_report,
 )
 
@@ -87,7 +88,7 @@ def test_max_weight_fraction_caps_one_huge_count_at_closing(ctx, tiny: Tiny) -> 
     for count, value in counts_and_values:
         worker_id, key = join(ctx)
         send_report(ctx, worker_id, key, constant_diff(tiny, value), num_samples=count)
-    cycles.on_report(ctx, process_id, 1)
+    on_report(ctx, process_id)
 
     old, new = checkpoint(ctx, process_id, 1), checkpoint(ctx, process_id, 2)
     # Weights 10, 10 and (capped) 20: the huge count holds exactly half of the average.

@@ -72,6 +72,15 @@ class Cycle:
             return None
         return replace(self, closing_lease_until=until, aggregation_runs=self.aggregation_runs + 1)
 
+    def needs_redrive(self, now: datetime, grace: timedelta) -> bool:
+        """A closing cycle nobody is aggregating: its aggregator's lease ran out, or no
+        aggregator took one ``grace`` after it closed (the trigger's event was lost)."""
+        if self.status is not CycleStatus.CLOSING:
+            return False
+        if self.closing_lease_until is not None:
+            return self.closing_lease_until <= now
+        return self.closing_at is None or self.closing_at + grace <= now
+
     def complete(self, summary: CycleSummary) -> Cycle | None:
         """``closing -> completed``, once."""
         if self.status is not CycleStatus.CLOSING:

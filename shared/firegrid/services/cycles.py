@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 
 # Longer than any aggregation we run in one invocation (event functions stop at 9 min).
 CLOSING_LEASE = timedelta(minutes=10)
+REDRIVE_GRACE = timedelta(seconds=60)
+"""How long a closing cycle waits for its trigger before the tick aggregates it."""
 
 
 def on_report(ctx: Context, process_id: str, seq: int) -> bool:
-    """After a report: close the cycle if it is full. True if this call closed it."""
+    """After a report: mark the cycle ``closing`` if it is full (its trigger then
+    aggregates it). True if this call marked it."""
     process = ctx.repo.get_process(process_id)
     cycle = ctx.repo.get_cycle(process_id, seq)
     if process is None or cycle is None or cycle.status is not CycleStatus.OPEN:
@@ -40,13 +43,15 @@ def on_report(ctx: Context, process_id: str, seq: int) -> bool:
     reported = ctx.repo.count_reported(process_id, seq)
     if not is_ready(cycle, reported, process.server_config, ctx.clock.now()):
         return False
-    if ctx.repo.update_cycle(process_id, seq, lambda c: c.begin_closing(ctx.clock.now())) is None:
-        return False
-    return close_cycle(ctx, process_id, seq)
+    now = ctx.clock.now()
+    return ctx.repo.update_cycle(process_id, seq, lambda c: c.begin_closing(now)) is not None
 
 
 def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
-    """Aggregate a ``closing`` cycle and open the next one; safe to call any number of times."""
+    """Aggregate a ``closing`` cycle and open the next one; safe to call any number of times.
+
+    The one closing path: the cycle trigger calls it when a cycle enters ``closing``,
+    and the tick calls it for a closing cycle nobody is aggregating."""
     now = ctx.clock.now()
     cycle = ctx.repo.update_cycle(process_id, seq, lambda c: c.take_lease(now, now + CLOSING_LEASE))
     process = ctx.repo.get_process(process_id)
@@ -155,9 +160,7 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
         return
     now = ctx.clock.now()
     if cycle.status is CycleStatus.CLOSING:
-        if (cycle.closing_lease_until is None or cycle.closing_lease_until <= now) and close_cycle(
-            ctx, process.id, cycle.seq
-        ):
+        if cycle.needs_redrive(now, REDRIVE_GRACE) and close_cycle(ctx, process.id, cycle.seq):
             report.redriven.append(label)
         return
     if cycle.status is not CycleStatus.OPEN or not is_expired(cycle, now):
@@ -165,9 +168,7 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
     config = process.server_config
     if has_enough(ctx.repo.count_reported(process.id, cycle.seq), config):
         if ctx.repo.update_cycle(process.id, cycle.seq, lambda c: c.begin_closing(now)):
-            report.closed.append(label)
-            # The cycle trigger races us for the lease; whichever wins aggregates.
-            close_cycle(ctx, process.id, cycle.seq)
+            report.closed.append(label)  # the cycle trigger aggregates it
         return
     drop = config.on_expiry == "reset"
     deadline = deadline_for(now, config)
