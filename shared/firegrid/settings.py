@@ -52,6 +52,10 @@ class Settings:
     """Size of the download sample served by ``speed-test`` (at most ``MAX_SPEED_TEST_BYTES``)."""
     seed: int | None = None
     """Seed of the worker-sampling generator (``FIREGRID_SEED``)."""
+    fcm_url: str | None = None
+    """The local stack's FCM endpoint (``FIREGRID_FCM_URL``); None: FCM itself."""
+    storage_emulator_host: str | None = None
+    """The Cloud Storage emulator (``STORAGE_EMULATOR_HOST``); None: Cloud Storage itself."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,4 +72,6 @@ class Settings:
             inline_limit_bytes=int(os.environ.get(INLINE_LIMIT_ENV, 16 * 1024 * 1024)),
             speed_test_bytes=speed_test_bytes,
             seed=int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else None,
+            fcm_url=os.environ.get(FCM_URL_ENV) or None,
+            storage_emulator_host=os.environ.get(STORAGE_EMULATOR_ENV) or None,
         )

@@ -9,9 +9,11 @@ import firebase_admin
 import pytest
 import requests
 
-from firegrid.adapters.fcm import FCM_URL_ENV, FcmNotifier, messaging_app
+from firegrid.adapters.fcm import FcmNotifier
 from firegrid.domain.push import PushMessage, PushType, push_data
+from firegrid.local.fcm_app import local_messaging_app
 from firegrid.local.stack import StackInfo, wipe
+from firegrid.settings import FCM_URL_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +44,7 @@ def test_the_functions_process_is_pointed_at_the_endpoint(stack: StackInfo) -> N
 
 def test_sends_reach_the_endpoint_and_wipe_clears_them(stack: StackInfo) -> None:
     data = push_data(PushType.CYCLE_RESET, model="m", version="1", cycle_id=1)
-    app = messaging_app(stack.project_id, stack.fcm_url, name="integration-fcm")
+    app = local_messaging_app(stack.project_id, stack.fcm_url, name="integration-fcm")
     try:
         requests.post(
             f"{stack.fcm_url}/_fcm/unregister", json={"token": "gone"}, timeout=5
@@ -59,7 +61,7 @@ def test_sends_reach_the_endpoint_and_wipe_clears_them(stack: StackInfo) -> None
 
     assert messages(stack) == []
     # The unregistered mark went too.
-    app = messaging_app(stack.project_id, stack.fcm_url, name="integration-fcm-2")
+    app = local_messaging_app(stack.project_id, stack.fcm_url, name="integration-fcm-2")
     try:
         assert FcmNotifier(app).send([PushMessage("gone", data)]).sent == 1
     finally:

@@ -266,8 +266,6 @@ def _firebase_errors() -> list[tuple[Exception, int]]:
 def test_every_firebase_failure_is_a_401_or_503(monkeypatch, error, status) -> None:
     from firebase_admin import auth as firebase_auth
 
-    import firegrid.adapters.firebase
-
     seen: list[bool] = []
 
     def verify(token: str, app: object = None, check_revoked: bool = False) -> dict:
@@ -275,11 +273,16 @@ def test_every_firebase_failure_is_a_401_or_503(monkeypatch, error, status) -> N
         raise error
 
     monkeypatch.setattr(firebase_auth, "verify_id_token", verify)
-    monkeypatch.setattr(firegrid.adapters.firebase, "app", lambda: None)
+    verifier = JwtVerifier(firebase_app=lambda: None)
     with pytest.raises((Unauthorized, Unavailable)) as raised:
-        JwtVerifier().subject("t", AuthConfig(firebase=True, check_revoked=True))
+        verifier.subject("t", AuthConfig(firebase=True, check_revoked=True))
     assert raised.value.status == status
     assert seen == [True]
+
+
+def test_without_a_firebase_app_firebase_tokens_are_unavailable() -> None:
+    with pytest.raises(Unavailable):
+        JwtVerifier().subject("t", AuthConfig(firebase=True))
 
 
 def test_an_unknown_error_is_not_disguised() -> None:
@@ -320,12 +323,11 @@ def _offline_app() -> object:
 def test_real_firebase_admin_failures_here_are_503s(monkeypatch, app_of: str) -> None:
     """Without credentials (a DefaultCredentialsError) or without network (a
     CertificateFetchError), firebase-admin cannot decide: a 503, never a 500."""
-    import firegrid.adapters.firebase
+    from firegrid.adapters.firebase import auth_app
 
     monkeypatch.delenv("FIREBASE_AUTH_EMULATOR_HOST", raising=False)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    if app_of == "offline":
-        monkeypatch.setattr(firegrid.adapters.firebase, "app", _offline_app)
+    app = _offline_app if app_of == "offline" else (lambda: auth_app("demo-firegrid"))
     token = jwt.encode(
         {"sub": "u", "aud": "demo-firegrid", "iss": "https://securetoken.google.com/demo-firegrid"},
         rsa_key(),
@@ -333,5 +335,5 @@ def test_real_firebase_admin_failures_here_are_503s(monkeypatch, app_of: str) ->
         headers={"kid": "k1"},
     )
     with pytest.raises(Unavailable) as unavailable:
-        JwtVerifier().subject(token, AuthConfig(firebase=True))
+        JwtVerifier(firebase_app=app).subject(token, AuthConfig(firebase=True))
     assert unavailable.value.code == "auth_provider_unavailable"

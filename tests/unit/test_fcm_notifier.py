@@ -14,16 +14,10 @@ import requests
 from firebase_admin import exceptions, messaging
 from werkzeug.test import Client
 
-from firegrid.adapters.fcm import (
-    FCM_URL_ENV,
-    FcmNotifier,
-    RetryPolicy,
-    default_messaging_app,
-    is_dead_token,
-    messaging_app,
-)
+from firegrid.adapters.fcm import FcmNotifier, RetryPolicy, is_dead_token
 from firegrid.domain.push import PushMessage, PushType, messages_to, push_data
 from firegrid.local._process import free_port
+from firegrid.local.fcm_app import local_messaging_app
 from firegrid.local.fcm_endpoint import FcmEndpoint, server
 
 DATA = push_data(PushType.REQUEST_FOR_CYCLE, model="mnist", version="1.0", cycle_id=3)
@@ -50,7 +44,7 @@ def fcm(endpoint: str) -> str:
 
 @pytest.fixture
 def app(fcm: str) -> Iterator[firebase_admin.App]:
-    app = messaging_app("demo-push", fcm, name=f"test-{uuid.uuid4().hex}")
+    app = local_messaging_app("demo-push", fcm, name=f"test-{uuid.uuid4().hex}")
     try:
         yield app
     finally:
@@ -152,7 +146,9 @@ def test_a_permanent_failure_is_counted_after_bounded_attempts(
 
 
 def test_an_unreachable_fcm_is_retried_then_failed() -> None:
-    app = messaging_app("demo-push", f"http://127.0.0.1:{free_port()}", name="test-unreachable")
+    app = local_messaging_app(
+        "demo-push", f"http://127.0.0.1:{free_port()}", name="test-unreachable"
+    )
     sleep = RecordingSleep()
     try:
         report = FcmNotifier(app, sleep=sleep, retry=RetryPolicy(attempts=2)).send(
@@ -209,18 +205,23 @@ def _message(token: str) -> messaging.Message:
     return message
 
 
-def test_without_an_app_the_environment_picks_the_endpoint(
-    fcm: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(FCM_URL_ENV, fcm)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-env")
-    default_messaging_app.cache_clear()
+def test_the_composition_root_sends_to_the_configured_endpoint_once_built(fcm: str) -> None:
+    from firegrid.settings import Settings
+    from firegrid.wiring import messaging_app, once
+
+    settings = Settings(project_id="demo-env", bucket="b", admin_token=None, fcm_url=fcm)
+    built: list[firebase_admin.App] = []
+
+    def build() -> firebase_admin.App:
+        built.append(messaging_app(settings))
+        return built[-1]
+
+    app = once(build)
     try:
-        report = FcmNotifier().send([PushMessage("from-env", DATA)])
-        assert default_messaging_app() is default_messaging_app()
+        report = FcmNotifier(app).send([PushMessage("from-env", DATA)])
+        assert app() is app() and len(built) == 1
     finally:
-        firebase_admin.delete_app(default_messaging_app())
-        default_messaging_app.cache_clear()
+        firebase_admin.delete_app(app())
 
     assert report.sent == 1
     [message] = recorded(fcm)["messages"]

@@ -14,6 +14,7 @@ import concurrent.futures
 import functools
 import ipaddress
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -68,9 +69,12 @@ class JwtVerifier:
     def __init__(
         self,
         *,
+        firebase_app: Callable[[], Any] | None = None,
         allow_http_endpoint: bool = False,
         endpoint_timeout_s: float = ENDPOINT_TIMEOUT_S,
     ) -> None:
+        self._firebase_app = firebase_app
+        """Builds (once) the firebase-admin app that checks Firebase ID tokens."""
         self._allow_http_endpoint = allow_http_endpoint
         """Plain http to a loopback endpoint (the local stack's test endpoints)."""
         self._endpoint_timeout_s = endpoint_timeout_s
@@ -156,15 +160,14 @@ class JwtVerifier:
         subject = body.get("sub") or body.get("uid") or body.get("id")
         return f"endpoint:{subject}" if subject else None
 
-    @staticmethod
-    def _firebase_subject(token: str, auth: AuthConfig) -> str:
+    def _firebase_subject(self, token: str, auth: AuthConfig) -> str:
         from firebase_admin import auth as firebase_auth
 
-        from firegrid.adapters.firebase import app
-
+        if self._firebase_app is None:
+            raise Unavailable("Firebase ID tokens are not configured", "auth_provider_unavailable")
         try:
             claims = firebase_auth.verify_id_token(
-                token, app=app(), check_revoked=auth.check_revoked
+                token, app=self._firebase_app(), check_revoked=auth.check_revoked
             )
         except Exception as error:
             mapped = firebase_error(error)

@@ -15,17 +15,14 @@ This module owns the retry policy: firebase-admin's own transport retries
 (up to 4 more tries of a 500/503 with real sleeps) are switched off on the
 messaging app, so a send is bounded by ``RetryPolicy`` alone.
 
-Locally ``FIREGRID_FCM_URL`` points firebase-admin at
-``firegrid.local.fcm_endpoint`` with an offline credential; in production the
-variable is unset and Application Default Credentials are used.
+The app comes from the composition root (``firegrid.wiring``): in production a
+firebase-admin app on Application Default Credentials; locally one bound to the
+stack's FCM endpoint (``firegrid.local.fcm_app``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,13 +30,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import firebase_admin
-import google.auth.credentials
-import google.oauth2.credentials
 import requests.adapters
 from firebase_admin import credentials, exceptions, messaging
 
 from firegrid.domain.push import PushMessage, SendReport
-from firegrid.settings import FCM_URL_ENV, Settings
 
 APP_NAME = "firegrid-messaging"
 MAX_BATCH = 500
@@ -61,7 +55,6 @@ TRANSIENT: tuple[type[Exception], ...] = (
 )
 
 log = logging.getLogger(__name__)
-_APP_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +83,7 @@ class FcmNotifier:
 
     def __init__(
         self,
-        app: firebase_admin.App | None = None,
+        app: firebase_admin.App | Callable[[], firebase_admin.App],
         *,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], None] = time.sleep,
@@ -99,6 +92,7 @@ class FcmNotifier:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
         self._app = app
+        """The messaging app, or a factory that builds it on first use."""
         self._retry = retry
         self._sleep = sleep
         self._batch_size = batch_size
@@ -106,7 +100,7 @@ class FcmNotifier:
     def send(self, messages: Sequence[PushMessage]) -> SendReport:
         if not messages:
             return SendReport(sent=0, failed=0, unregistered=(), errors=())
-        app = self._app or default_messaging_app()
+        app = self._app if isinstance(self._app, firebase_admin.App) else self._app()
         pending = list(messages)
         sent, failures = 0, []
         unregistered: dict[str, None] = {}
@@ -215,38 +209,17 @@ def _capped(lines: list[str]) -> tuple[str, ...]:
     return (*lines[:MAX_ERROR_LINES], f"... and {len(lines) - MAX_ERROR_LINES} more")
 
 
-class _LocalToken(google.oauth2.credentials.Credentials):
-    """A fixed bearer token with nothing to refresh.
-
-    The plain class would raise ``RefreshError`` when the endpoint answers
-    401 (the authorised session refreshes on 401), failing a whole batch.
-    """
-
-    def refresh(self, request: Any) -> None:
-        pass
-
-
-class OfflineCredential(credentials.Base):  # type: ignore[misc]
-    """firebase-admin credential for the local endpoint: no network, no key."""
-
-    def get_credential(self) -> google.auth.credentials.Credentials:
-        return _LocalToken(token="local")  # type: ignore[no-untyped-call]
-
-
 def messaging_app(
-    project_id: str, fcm_url: str | None = None, *, name: str = APP_NAME
+    project_id: str,
+    *,
+    credential: credentials.Base | None = None,
+    url: str = PRODUCTION_FCM,
+    name: str = APP_NAME,
 ) -> firebase_admin.App:
-    """A firebase-admin app for messaging, its FCM service bound to ``fcm_url``
-    (a local endpoint) or to FCM itself (``None``, with default credentials)."""
-    credential = None
-    if fcm_url:
-        # The service copies this class attribute when it is created, just below.
-        messaging._MessagingService.FCM_URL = (
-            f"{fcm_url.rstrip('/')}/v1/projects/{{0}}/messages:send"
-        )
-        credential = OfflineCredential()
+    """A firebase-admin app for messaging (Application Default Credentials unless a
+    ``credential`` is given), with its transport retries off: ``RetryPolicy`` decides."""
     app = firebase_admin.initialize_app(credential, {"projectId": project_id}, name=name)
-    _without_transport_retries(app, fcm_url or PRODUCTION_FCM)
+    _without_transport_retries(app, url)
     return app
 
 
@@ -267,16 +240,3 @@ def _without_transport_retries(app: firebase_admin.App, url: str) -> None:
         log.warning("firebase-admin internals changed; its transport retries stay on")
         return
     session.mount(f"{parts.scheme}://{parts.netloc}", adapter)
-
-
-@functools.cache
-def default_messaging_app() -> firebase_admin.App:
-    """The process's messaging app, built on first use from the environment."""
-    # functools.cache does not stop two threads' first calls from both building it.
-    with _APP_LOCK:
-        try:
-            return firebase_admin.get_app(APP_NAME)
-        except ValueError:
-            return messaging_app(
-                Settings.from_env().project_id, os.environ.get(FCM_URL_ENV) or None
-            )

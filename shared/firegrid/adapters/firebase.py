@@ -1,14 +1,16 @@
-"""The firebase-admin app, initialised once, on first use."""
+"""The firebase-admin app that verifies Firebase Auth ID tokens."""
 
 from __future__ import annotations
 
-import functools
-
 import firebase_admin
 
-from firegrid.settings import Settings
+AUTH_APP_NAME = "firegrid-auth"
 
 
-@functools.cache
-def app() -> firebase_admin.App:
-    return firebase_admin.initialize_app(options={"projectId": Settings.from_env().project_id})
+def auth_app(project_id: str) -> firebase_admin.App:
+    """An app on Application Default Credentials that checks ID tokens of ``project_id``;
+    built by the composition root (``firegrid.wiring``), once, on first use."""
+    try:
+        return firebase_admin.get_app(AUTH_APP_NAME)
+    except ValueError:
+        return firebase_admin.initialize_app(options={"projectId": project_id}, name=AUTH_APP_NAME)
