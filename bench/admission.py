@@ -44,8 +44,8 @@ def _summary(results: list[tuple[bool, float]], elapsed: float) -> dict[str, flo
 def _firegrid(stack: Any, total: int, max_workers: int) -> dict[str, float]:
     import torch
 
-    from firegrid.client.operator import OperatorClient
     from firegrid.client.protocol import DeviceClient
+    from firegrid.operator_client import OperatorClient
     from firegrid.plans import build_plan, state_of
     from firegrid.tensors import encode_state
 

@@ -1,20 +1,15 @@
-"""``firegrid deploy``: stage the functions bundle and deploy it with gcloud.
+"""Staging the functions bundle and the gcloud commands that deploy it (``firegrid deploy``).
 
-The commands come from ``firegrid.manifest``, the same table the local stack
-serves, so what runs locally is what gets deployed. ``--dry-run`` prints them.
+Every fact about a function comes from ``firegrid.manifest``, the same table the
+local stack serves, so what runs locally is what gets deployed.
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import shutil
-import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from firegrid.manifest import FUNCTIONS, FunctionSpec
 from firegrid.settings import ADMIN_AUTH_ENV, BUCKET_ENV, PROJECT_ENV
@@ -23,8 +18,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = "python311"
 # Cloud Build would otherwise install a multi-GB CUDA torch.
 TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
-PRIVATE_FUNCTIONS = frozenset({"admin", "tick"})
-"""Reachable only with the invoker role (IAM); devices reach ``model-centric``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +46,7 @@ class Target:
                 tick_schedule=values.get("FIREGRID_TICK_SCHEDULE", "* * * * *"),
             )
         except KeyError as missing:
-            raise SystemExit(f"{path}: {missing.args[0]} is not set") from None
+            raise ValueError(f"{path}: {missing.args[0]} is not set") from None
 
 
 def requirements() -> str:
@@ -71,7 +64,9 @@ def stage(out: Path) -> Path:
     shutil.copytree(
         REPO_ROOT / "shared" / "firegrid",
         out / "firegrid",
-        ignore=shutil.ignore_patterns("__pycache__", "local", "client", "demo.py", "deploy.py"),
+        ignore=shutil.ignore_patterns(
+            "__pycache__", "local", "client", "commands", "demo.py", "deploy.py", "plots.py"
+        ),
     )
     (out / "requirements.txt").write_text(requirements())
     return out
@@ -79,7 +74,7 @@ def stage(out: Path) -> Path:
 
 def function_command(spec: FunctionSpec, target: Target, source: Path) -> list[str]:
     env = {PROJECT_ENV: target.project, BUCKET_ENV: target.bucket}
-    if spec.name in PRIVATE_FUNCTIONS:
+    if not spec.public:
         env[ADMIN_AUTH_ENV] = "iam"  # the admin API answers nobody unless IAM guards it
     command = [
         "gcloud", "functions", "deploy", spec.name,
@@ -87,26 +82,21 @@ def function_command(spec: FunctionSpec, target: Target, source: Path) -> list[s
         f"--project={target.project}", f"--source={source}", f"--entry-point={spec.target}",
         f"--service-account={target.service_account}",
         f"--set-env-vars={','.join(f'{k}={v}' for k, v in env.items())}",
-        "--memory=2GiB",
+        f"--memory={spec.memory}", f"--timeout={spec.timeout_s}s",
+        f"--min-instances={spec.min_instances}", f"--max-instances={spec.max_instances}",
+        f"--concurrency={spec.concurrency}",
     ]  # fmt: skip
     if spec.trigger is None:
         command.append("--trigger-http")
-        command.append(
-            "--no-allow-unauthenticated"
-            if spec.name in PRIVATE_FUNCTIONS
-            else "--allow-unauthenticated"
-        )
-        if spec.name in PRIVATE_FUNCTIONS:
-            command.append("--timeout=540s")
+        command.append("--allow-unauthenticated" if spec.public else "--no-allow-unauthenticated")
     else:
         command += [
             f"--trigger-location={target.region}",
             f"--trigger-event-filters=type={spec.trigger.event_type}",
             "--trigger-event-filters=database=(default)",
             f"--trigger-event-filters-path-pattern=document={spec.trigger.document}",
-            "--timeout=540s",
-            "--retry",
         ]
+        command.append("--retry" if spec.retry else "--no-retry")
     return command
 
 
@@ -137,30 +127,3 @@ def plan(target: Target, source: Path) -> list[list[str]]:
         ]
     )
     return commands
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("deploy", help="stage the functions and deploy them with gcloud")
-    parser.add_argument(
-        "--env-file",
-        type=Path,
-        default=REPO_ROOT / "infra" / "deploy.env",
-        help="deployment settings",
-    )
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "functions")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    parser.set_defaults(handler=deploy_command)
-
-
-def deploy_command(args: argparse.Namespace) -> int:
-    if not args.env_file.exists():
-        print(f"no {args.env_file}: copy infra/deploy.env.example and fill it in", file=sys.stderr)
-        return 2
-    target = Target.from_env_file(args.env_file)
-    source = stage(args.out)
-    print(f"staged {source}")
-    for command in plan(target, source):
-        print("$", shlex.join(command))
-        if not args.dry_run:
-            subprocess.run(command, check=True)
-    return 0

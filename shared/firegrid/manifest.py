@@ -1,7 +1,8 @@
-"""What FireGrid deploys: every function, its entry point and its trigger.
+"""What FireGrid deploys: every function, its entry point, its trigger and every fact
+the deployment needs (who may call it, memory, timeout, retry, instances).
 
-One table, read by the local emulator stack (to serve and route) and by the
-deployment config (to deploy), so the two cannot drift apart.
+One table, read by the local emulator stack (to serve and route) and by
+``firegrid.deploy`` (to deploy, reading nothing else), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -29,10 +30,26 @@ class FunctionSpec:
     """``http`` or ``cloudevent``."""
     trigger: FirestoreTrigger | None = None
     """Firestore trigger for cloudevent functions; None for HTTP functions."""
+    public: bool = False
+    """Anyone may call it (the device API); otherwise only IAM invokers (default)."""
+    memory: str = "2GiB"
+    """Memory of one instance (aggregation holds the model and a float64 running sum)."""
+    timeout_s: int = 540
+    """Longest invocation (event-triggered functions stop at 540 s)."""
+    retry: bool = False
+    """Redeliver the event when the function raises (Firestore triggers only)."""
+    min_instances: int = 0
+    """Instances kept warm (0: scale to zero)."""
+    max_instances: int = 100
+    """Upper bound on instances, hence on concurrent Firestore writers and cost."""
+    concurrency: int = 1
+    """Requests one instance serves at once (gen2; more needs more than one vCPU)."""
 
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
-    FunctionSpec(name="model-centric", target="model_centric", signature="http"),
+    FunctionSpec(
+        name="model-centric", target="model_centric", signature="http", public=True, timeout_s=60
+    ),
     FunctionSpec(name="admin", target="admin", signature="http"),
     FunctionSpec(name="tick", target="tick", signature="http"),
     FunctionSpec(
@@ -43,12 +60,14 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
             event_type=FIRESTORE_WRITTEN,
             document="processes/{process}/cycles/{cycle}/assignments/{worker}",
         ),
+        retry=True,
     ),
     FunctionSpec(
         name="on-worker-written",
         target="on_worker_written",
         signature="cloudevent",
         trigger=FirestoreTrigger(event_type=FIRESTORE_WRITTEN, document="workers/{worker}"),
+        retry=True,
     ),
     FunctionSpec(
         name="on-cycle-written",
@@ -58,6 +77,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
             event_type=FIRESTORE_WRITTEN,
             document="processes/{process}/cycles/{cycle}",
         ),
+        retry=True,
     ),
 )
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from firegrid.client.device import Device, LocalData, Outcome
-from firegrid.client.operator import OperatorClient
 from firegrid.client.protocol import DeviceClient, ServerError
 from firegrid.client.simulator import SimulationConfig, Simulator
+from firegrid.operator_client import OperatorClient
 from firegrid.tensors import decode_state
 
 from .support import Api, pushes, wait_for
@@ -114,15 +113,13 @@ def test_simulator_dropouts_leave_the_cycle_to_close_at_the_deadline(
 
 
 def test_short_demo_writes_the_plot(clean_stack, ticker, tmp_path: Path) -> None:
-    from firegrid.demo import register, run_demo
+    from firegrid.demo import DemoOptions, run_demo
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(
-        ["demo", "--devices", "6", "--cycles", "2", "--cycle-length", "2", "--online", "1",
-         "--dropout", "0", "--slow", "0", "--out", str(tmp_path / "plot.png")]
+    options = DemoOptions(
+        devices=6, cycles=2, cycle_length=2, online=1, dropout=0, slow=0,
+        out=tmp_path / "plot.png",
     )  # fmt: skip
-    heldout, baseline = run_demo(clean_stack, args)
+    heldout, baseline = run_demo(clean_stack, options)
     assert [n for n, _ in heldout] == [1, 2, 3]
     assert 0.8 < baseline <= 1.0
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
@@ -132,8 +129,8 @@ def test_simulate_command_trains_on_leaf_synthetic_data(clean_stack, tmp_path: P
     """LEAF's Synthetic(1, 1), written in LEAF's JSON format, trains through `firegrid simulate`."""
     import torch
 
-    from firegrid.cli import main as cli
     from firegrid.client.data import synthetic, write_leaf_json
+    from firegrid.commands import main as cli
     from firegrid.plans import build_plan, state_of
     from firegrid.tensors import encode_state
 

@@ -222,7 +222,7 @@ def test_push_command_sends_a_type_to_every_registered_worker(
 ) -> None:
     import json
 
-    from firegrid.cli import main as cli
+    from firegrid.commands import main as cli
 
     api.host(min_workers=10)
     tokens = _join_pool(api, 3)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from firegrid.cli import main as cli
+from firegrid.commands import main as cli
 from firegrid.local._process import is_alive
 from firegrid.local.stack import (
     StackError,

@@ -28,6 +28,12 @@ def test_every_function_is_deployed_with_its_trigger(tmp_path: Path) -> None:
         "processes/{process}/cycles/{cycle}/assignments/{worker}" in assignment
     )
     assert "--retry" in assignment
+    for spec in FUNCTIONS:  # every deploy fact comes from the manifest
+        command = deployed[spec.name]
+        assert f"--memory={spec.memory}" in command
+        assert f"--timeout={spec.timeout_s}s" in command
+        assert f"--max-instances={spec.max_instances}" in command
+        assert f"--concurrency={spec.concurrency}" in command
     scheduler = commands[-1]
     assert scheduler[:5] == ["gcloud", "scheduler", "jobs", "create", "http"]
     assert "--uri=https://europe-west1-p.cloudfunctions.net/tick" in scheduler
@@ -37,7 +43,8 @@ def test_the_bundle_holds_main_the_package_and_a_cpu_torch_requirement(tmp_path:
     out = stage(tmp_path / "bundle")
     assert (out / "main.py").exists()
     assert (out / "firegrid" / "services" / "devices.py").exists()
-    assert not (out / "firegrid" / "local").exists()
+    for tooling in ("local", "commands", "client", "demo.py", "deploy.py"):
+        assert not (out / "firegrid" / tooling).exists(), tooling
     requirements = (out / "requirements.txt").read_text().splitlines()
     assert requirements[0].startswith("--extra-index-url https://download.pytorch.org/whl/cpu")
     assert "torch==2.13.0" in requirements

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 from collections.abc import Iterator
@@ -14,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from firegrid.client.metrics_command import metrics_command, plot_command, register
-from firegrid.client.plots import RoundStat, plot_accuracy, round_stats
+from firegrid.commands import main
 from firegrid.local.stack import StackInfo
+from firegrid.plots import RoundStat, plot_accuracy, round_stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOKEN = "test-admin-token"
@@ -133,19 +132,10 @@ def base_url() -> Iterator[str]:
         server.server_close()
 
 
-def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(list(argv))
-
-
 def test_metrics_prints_a_table_per_round(
     base_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _parse("metrics", "mnist", "1.0", "--base-url", base_url, "--token", TOKEN)
-
-    assert args.handler is metrics_command
-    assert metrics_command(args) == 0
+    assert main(["metrics", "mnist", "1.0", "--base-url", base_url, "--token", TOKEN]) == 0
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["round", "devices", "samples"]
@@ -157,40 +147,45 @@ def test_metrics_prints_a_table_per_round(
 def test_metrics_csv_prints_the_server_csv(
     base_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _parse("metrics", "mnist", "1.0", "--csv", "--base-url", base_url, "--token", TOKEN)
+    argv = ["metrics", "mnist", "1.0", "--csv", "--base-url", base_url, "--token", TOKEN]
 
-    assert metrics_command(args) == 0
+    assert main(argv) == 0
     assert capsys.readouterr().out.startswith("client_id,round_number,")
 
 
 def test_http_errors_show_the_server_message(
     base_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    unknown = _parse("metrics", "cifar", "1.0", "--base-url", base_url, "--token", TOKEN)
-    forbidden = _parse("plot", "mnist", "1.0", "--base-url", base_url, "--token", "wrong")
+    unknown = ["metrics", "cifar", "1.0", "--base-url", base_url, "--token", TOKEN]
+    forbidden = ["plot", "mnist", "1.0", "--base-url", base_url, "--token", "wrong"]
 
-    assert metrics_command(unknown) == 1
-    assert "HTTP 404: No training process for model" in capsys.readouterr().err
-    assert plot_command(forbidden) == 1
-    assert "HTTP 401: Invalid admin token" in capsys.readouterr().err
+    assert main(unknown) == 1
+    assert "firegrid: HTTP 404: No training process for model" in capsys.readouterr().err
+    assert main(forbidden) == 1
+    assert "firegrid: HTTP 401: Invalid admin token" in capsys.readouterr().err
 
 
 def test_an_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    args = _parse("metrics", "mnist", "1.0", "--base-url", "http://127.0.0.1:9", "--token", "t")
+    argv = ["metrics", "mnist", "1.0", "--base-url", "http://127.0.0.1:9", "--token", "t"]
 
-    assert metrics_command(args) == 1
-    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+    assert main(argv) == 1
+    assert "firegrid: cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_no_stack_and_no_flags_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["metrics", "mnist", "1.0", "--dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("firegrid: ")
 
 
 def test_plot_writes_the_png_and_prints_its_path(
     base_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "acc.png"
-    args = _parse(
-        "plot", "mnist", "1.0", "--out", str(out), "--base-url", base_url, "--token", TOKEN
-    )
+    argv = ["plot", "mnist", "1.0", "--out", str(out), "--base-url", base_url, "--token", TOKEN]
 
-    assert plot_command(args) == 0
+    assert main(argv) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert out.read_bytes().startswith(PNG_SIGNATURE)
 
@@ -213,7 +208,6 @@ def test_connection_defaults_come_from_the_local_stack(
         source="functions/main.py",
     )
     (tmp_path / "stack.json").write_text(stack.to_json())
-    args = _parse("metrics", "mnist", "1.0", "--dir", str(tmp_path))
 
-    assert metrics_command(args) == 0
+    assert main(["metrics", "mnist", "1.0", "--dir", str(tmp_path)]) == 0
     assert "0.8750" in capsys.readouterr().out

@@ -10,17 +10,9 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-import requests
+from firegrid.functions_client import FunctionClient, ServerError
 
-
-class ServerError(Exception):
-    """A 4xx/5xx answer, with the server's message and machine code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
+__all__ = ["Assignment", "DeviceClient", "ServerError"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,26 +25,6 @@ class Assignment:
     model_id: str
     plans: dict[str, str]
     client_config: dict[str, Any]
-
-
-class FunctionClient:
-    """Calls to one FireGrid HTTP function; error answers become ``ServerError``."""
-
-    def __init__(self, base_url: str, function: str, *, timeout_s: float) -> None:
-        self._url = f"{base_url.rstrip('/')}/{function}"
-        self._http = requests.Session()
-        self._timeout = timeout_s
-
-    def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
-        response = self._http.request(method, f"{self._url}/{path}", timeout=self._timeout, **kw)
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                code, message = str(body["code"]), str(body["error"])
-            except (ValueError, KeyError, TypeError):
-                code, message = "http_error", response.text[:200]
-            raise ServerError(response.status_code, code, message)
-        return response
 
 
 class DeviceClient(FunctionClient):

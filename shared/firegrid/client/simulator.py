@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -31,6 +31,9 @@ from firegrid.client.device import CycleResult, Device, LocalData, Outcome
 from firegrid.client.inbox import LocalFcmInbox
 from firegrid.client.protocol import ServerError
 from firegrid.domain.push import PushType
+
+if TYPE_CHECKING:
+    from firegrid.client.data import FederatedDataset
 
 log = logging.getLogger(__name__)
 
@@ -310,3 +313,11 @@ class Simulator:
         accuracy = "-" if self.last_accuracy is None else f"{self.last_accuracy:.3f}"
         bar.set_postfix_str(f"devices active {active}, last accuracy {accuracy}", refresh=False)
         bar.refresh()
+
+
+def shards_of(dataset: FederatedDataset) -> list[LocalData]:
+    """One device's data per user of a federated dataset."""
+    return [
+        LocalData(dataset.train[u].x, dataset.train[u].y, dataset.test[u].x, dataset.test[u].y)
+        for u in dataset.users
+    ]

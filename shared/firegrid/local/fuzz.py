@@ -1,4 +1,4 @@
-"""``firegrid fuzz``: schemathesis against a FireGrid stack, from docs/openapi.yaml.
+"""schemathesis against a FireGrid stack, from docs/openapi.yaml (``firegrid fuzz``).
 
 Hosts a small open process named ``fuzz`` (so that the stateful phase can
 authenticate, join a cycle and report), then runs every schemathesis phase
@@ -12,7 +12,6 @@ dependency.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import collections
 import json
@@ -27,7 +26,7 @@ from typing import Any
 import requests
 
 from firegrid.local._process import StackError
-from firegrid.local.stack import DEFAULT_DIR, StackInfo, load_stack
+from firegrid.local.stack import StackInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SPEC = REPO_ROOT / "docs" / "openapi.yaml"
@@ -53,34 +52,6 @@ class FuzzResult:
     @property
     def server_errors(self) -> int:
         return sum(count for status, count in self.statuses.items() if status >= 500)
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "fuzz", help="run schemathesis against the local stack (every endpoint, every check)"
-    )
-    parser.add_argument("--examples", type=int, default=100, help="cases per operation")
-    parser.add_argument("--seed", type=int, default=None, help="reproduce a run")
-    parser.add_argument("--max-time", type=float, default=None, help="time budget in seconds")
-    parser.add_argument("--report-dir", type=Path, default=None, help="keep the reports here")
-    parser.add_argument(
-        "--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .firegrid)"
-    )
-    parser.set_defaults(handler=fuzz_command)
-
-
-def fuzz_command(args: argparse.Namespace) -> int:
-    info = load_stack(args.dir)
-    result = run_fuzz(
-        info,
-        examples=args.examples,
-        seed=args.seed,
-        max_time_s=args.max_time,
-        report_dir=args.report_dir,
-        echo=True,
-    )
-    print(summary(result))
-    return 0 if result.exit_code == 0 and result.server_errors == 0 else 1
 
 
 def summary(result: FuzzResult) -> str:

@@ -1,4 +1,5 @@
-"""The operator API over HTTP: host a process, read its status, checkpoints and metrics."""
+"""The operator API over HTTP (function ``admin``): host a process, read its status,
+checkpoints and metrics, push, tick. Every operator verb of the CLI is built on it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from firegrid.client.protocol import FunctionClient
+from firegrid.functions_client import FunctionClient
 
 
 class OperatorClient(FunctionClient):
@@ -55,6 +56,11 @@ class OperatorClient(FunctionClient):
     def training_metrics(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
         rows = self._call("GET", "training-metrics", params=_named(name, version)).json()["metrics"]
         return list(rows)
+
+    def training_metrics_csv(self, name: str, version: str | None = None) -> str:
+        """LEAF's CSV layout, as the server renders it."""
+        params = _named(name, version) | {"format": "csv"}
+        return self._call("GET", "training-metrics", params=params).text
 
     def push(self, name: str, version: str | None, push_type: str) -> dict[str, Any]:
         body = _named(name, version) | {"type": push_type}

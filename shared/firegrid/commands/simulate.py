@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from firegrid.commands._common import CommandError, add_target_arguments, target
+
 if TYPE_CHECKING:
     from firegrid.client.data import FederatedDataset
-    from firegrid.client.device import LocalData
 
 
 def register(subparsers: Any) -> None:
@@ -17,8 +18,6 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("model", help="model name of the hosted process")
     parser.add_argument("--version", help="model version (default: the newest)")
-    parser.add_argument("--base-url", help="FireGrid base URL (default: the local stack's)")
-    parser.add_argument("--dir", type=Path, default=Path(".firegrid"), help="local stack directory")
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument(
         "--data", choices=("digits", "synthetic", "leaf"), default="digits", help="device data"
@@ -37,6 +36,7 @@ def register(subparsers: Any) -> None:
         "--token-secret", help="mint HS256 tokens (sub = device-i) with this secret"
     )
     parser.add_argument("--seed", type=int, default=0)
+    add_target_arguments(parser, admin=False)
     parser.set_defaults(handler=simulate_command)
 
 
@@ -50,17 +50,8 @@ def _dataset(args: argparse.Namespace) -> FederatedDataset:
             alpha=args.alpha, beta=args.beta, num_users=args.devices, seed=args.seed
         )
     if args.leaf_train is None:
-        raise SystemExit("--data leaf needs --leaf-train")
+        raise CommandError("--data leaf needs --leaf-train")
     return data.load_leaf_json(args.leaf_train, args.leaf_test)
-
-
-def shards_of(dataset: FederatedDataset) -> list[LocalData]:
-    from firegrid.client.device import LocalData
-
-    return [
-        LocalData(dataset.train[u].x, dataset.train[u].y, dataset.test[u].x, dataset.test[u].y)
-        for u in dataset.users
-    ]
 
 
 def simulate_command(args: argparse.Namespace) -> int:
@@ -69,13 +60,9 @@ def simulate_command(args: argparse.Namespace) -> int:
     import jwt
     import torch
 
-    from firegrid.client.simulator import SimulationConfig, Simulator
+    from firegrid.client.simulator import SimulationConfig, Simulator, shards_of
 
-    base_url = args.base_url
-    if base_url is None:
-        from firegrid.local.stack import load_stack
-
-        base_url = load_stack(args.dir).base_url
+    base_url = target(args).base_url
     shards = shards_of(_dataset(args))
     devices = min(args.devices, len(shards))
     tokens = None

@@ -72,6 +72,21 @@ def round_stats(rows: Sequence[Mapping[str, Any]]) -> list[RoundStat]:
     return [_round_stat(round_, by_round[round_]) for round_ in sorted(by_round)]
 
 
+TABLE_HEADER = ("round", "devices", "samples", "weighted acc", "p10", "p90", "mean loss")
+
+
+def format_table(stats: Sequence[RoundStat]) -> str:
+    """Fixed-width columns, one line per round, for a terminal."""
+    lines = ["{:>5}  {:>7}  {:>7}  {:>12}  {:>5}  {:>5}  {:>9}".format(*TABLE_HEADER)]
+    for stat in stats:
+        loss = "-" if stat.mean_loss is None else f"{stat.mean_loss:.4f}"
+        lines.append(
+            f"{stat.round:>5}  {stat.devices:>7}  {stat.samples:>7}  "
+            f"{stat.weighted_accuracy:>12.4f}  {stat.p10:>5.3f}  {stat.p90:>5.3f}  {loss:>9}"
+        )
+    return "\n".join(lines)
+
+
 def draw_accuracy(
     ax: Axes, stats: Sequence[RoundStat], *, title: str, heldout: Heldout | None = None
 ) -> None:
