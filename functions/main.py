@@ -6,20 +6,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from firegrid import web
+from firegrid import api, wire
 from firegrid.adapters import events
 from firegrid.adapters.transient import is_transient
 from firegrid.domain.changes import entered_closing, joined_pool, newly_reported
 from firegrid.manifest import trigger_pattern
 from firegrid.services import cycles, devices, hosting, operator, pool
 from firegrid.services.context import Context
+from firegrid.services.results import Empty
 from firegrid.wiring import context
 
 logging.basicConfig(level=os.environ.get("FIREGRID_LOG_LEVEL", "INFO"))
@@ -27,76 +28,61 @@ log = logging.getLogger("firegrid.functions")
 T = TypeVar("T")
 
 
-def _speed_test_upload(ctx: Context, request: flask.Request) -> web.Reply:
-    devices.admit_speed_test(ctx, web.query_args(request))
+def _speed_test_upload(ctx: Context, request: flask.Request) -> Empty:
+    devices.admit_speed_test(ctx, api.SpeedTest.parse(wire.query_args(request)))
     request.get_data(cache=False)  # the upload itself is what the device times
-    return {}
+    return Empty()
 
 
-def _json(service: Callable[[Context, dict[str, Any]], web.Reply]) -> web.Handler:
-    return lambda ctx, request: service(ctx, web.json_body(request))
-
-
-def _query(service: Callable[[Context, dict[str, str]], web.Reply]) -> web.Handler:
-    return lambda ctx, request: service(ctx, web.query_args(request))
-
-
-DEVICE_ROUTES: web.Routes = {
-    ("POST", "/authenticate"): _json(devices.authenticate),
-    ("POST", "/cycle-request"): _json(devices.request_cycle),
-    ("GET", "/get-model"): _query(devices.get_model),
-    ("GET", "/get-plan"): _query(devices.get_plan),
-    ("GET", "/speed-test"): _query(devices.speed_test),
+DEVICE_ROUTES: wire.Routes = {
+    ("POST", "/authenticate"): wire.json_route(api.Authenticate.parse, devices.authenticate),
+    ("POST", "/cycle-request"): wire.json_route(api.CycleRequest.parse, devices.request_cycle),
+    ("GET", "/get-model"): wire.query_route(api.ModelDownload.parse, devices.get_model),
+    ("GET", "/get-plan"): wire.query_route(api.PlanDownload.parse, devices.get_plan),
+    ("GET", "/speed-test"): wire.query_route(api.SpeedTest.parse, devices.speed_test),
     ("POST", "/speed-test"): _speed_test_upload,
-    ("POST", "/report"): _json(devices.report),
-    ("POST", "/report-upload-url"): _json(devices.report_upload_url),
-    ("POST", "/metrics"): _json(operator.post_metrics),
-    ("POST", "/upload-stats"): _json(operator.post_metrics),
-    ("POST", "/register-token"): _json(pool.register_token),
-    ("POST", "/save-fcm-token"): _json(pool.register_token),
-    ("POST", "/worker-status"): _json(pool.worker_status),
-    ("POST", "/update-worker-status"): _json(pool.worker_status),
+    ("POST", "/report"): wire.json_route(api.Report.parse, devices.report),
+    ("POST", "/report-upload-url"): wire.json_route(api.Keyed.parse, devices.report_upload_url),
+    ("POST", "/metrics"): wire.json_route(api.Metrics.parse, operator.post_metrics),
+    ("POST", "/upload-stats"): wire.json_route(api.Metrics.parse, operator.post_metrics),
+    ("POST", "/register-token"): wire.json_route(api.RegisterToken.parse, pool.register_token),
+    ("POST", "/save-fcm-token"): wire.json_route(api.RegisterToken.parse, pool.register_token),
+    ("POST", "/worker-status"): wire.json_route(api.WorkerStatus.parse, pool.worker_status),
+    ("POST", "/update-worker-status"): wire.json_route(api.WorkerStatus.parse, pool.worker_status),
 }
 
-
-def _training_metrics(ctx: Context, request: flask.Request) -> web.Reply:
-    rows = operator.training_metrics(ctx, web.query_args(request))
-    if request.args.get("format") == "csv":
-        return flask.Response(operator.metrics_csv(rows), mimetype="text/csv")
-    return {"metrics": rows}
-
-
-ADMIN_ROUTES: web.Routes = {
-    ("POST", "/host-training"): lambda ctx, r: (
-        {"status": "success", "process_id": hosting.host_training(ctx, web.json_body(r))},
-        201,
+ADMIN_ROUTES: wire.Routes = {
+    ("POST", "/host-training"): wire.json_route(api.HostTraining.parse, hosting.host_training),
+    ("GET", "/status"): wire.query_route(api.ProcessQuery.parse, operator.status),
+    ("GET", "/retrieve-model"): wire.query_route(
+        api.CheckpointQuery.parse, operator.retrieve_model
     ),
-    ("GET", "/status"): _query(operator.status),
-    ("GET", "/retrieve-model"): _query(operator.retrieve_model),
-    ("GET", "/training-metrics"): _training_metrics,
-    ("POST", "/tick"): lambda ctx, r: cycles.tick(ctx).to_wire(),
-    ("POST", "/push"): _json(pool.operator_push),
+    ("GET", "/training-metrics"): wire.query_route(
+        api.MetricsQuery.parse, operator.training_metrics
+    ),
+    ("POST", "/tick"): lambda ctx, request: cycles.tick(ctx),
+    ("POST", "/push"): wire.json_route(api.Push.parse, pool.operator_push),
 }
 
 
 def _admin_guard(ctx: Context, request: flask.Request) -> None:
-    web.require_admin(request, ctx.settings)
+    wire.require_admin(request, ctx.settings)
 
 
 @functions_framework.http
 def model_centric(request: flask.Request) -> flask.Response:
-    return web.dispatch(request, DEVICE_ROUTES, context)
+    return wire.dispatch(request, DEVICE_ROUTES, context)
 
 
 @functions_framework.http
 def admin(request: flask.Request) -> flask.Response:
-    return web.dispatch(request, ADMIN_ROUTES, context, guard=_admin_guard)
+    return wire.dispatch(request, ADMIN_ROUTES, context, guard=_admin_guard)
 
 
 @functions_framework.http
 def tick(request: flask.Request) -> flask.Response:
     """Cloud Scheduler's target (OIDC-authenticated in production)."""
-    return web.dispatch(
+    return wire.dispatch(
         request, {("POST", "/"): ADMIN_ROUTES[("POST", "/tick")]}, context, guard=_admin_guard
     )
 

@@ -20,6 +20,7 @@ import pytest
 from flask.testing import FlaskClient
 
 import firegrid.wiring
+from firegrid import api
 from firegrid.domain import blobs
 from firegrid.domain.cycle import Cycle, CycleStatus
 from firegrid.domain.keys import pseudonym
@@ -83,7 +84,7 @@ def host_body(tiny: tuple[State, bytes], **server: Any) -> dict[str, Any]:
 
 
 def host(ctx: Context, tiny: tuple[State, bytes], **server: Any) -> str:
-    return hosting.host_training(ctx, host_body(tiny, **server))
+    return hosting.host_training(ctx, api.HostTraining.parse(host_body(tiny, **server))).process_id
 
 
 def joined(device: FlaskClient, token: str | None = None) -> tuple[str, dict[str, Any]]:

@@ -102,7 +102,12 @@ def test_every_hostile_input_from_the_issue_is_a_4xx(api: Api) -> None:
         ("POST", "cycle-request", {"worker_id": "x" * 2000, "model": "mnist"}, 400),
         ("POST", "register-token", {"worker_id": "a/b", "fcm_token": "t"}, 401),
         ("POST", "worker-status", {"worker_id": "__x__", "available": True}, 401),
-        ("POST", "metrics", {"worker_id": "a/b//c", "stats": []}, 401),
+        (
+            "POST",
+            "metrics",
+            {"worker_id": "a/b//c", "stats": [{"cycle_id": 1, "accuracy": 1, "num_samples": 1}]},
+            401,
+        ),
         ("POST", "authenticate", {"model_name": "m" * 5000}, 400),
         ("POST", "report", {**_report_body(worker_id, "\u0661.0.abc")}, 401),
         ("POST", "report", {**_report_body(worker_id, "²." + key[2:])}, 401),

@@ -10,6 +10,7 @@ from firegrid.domain.aggregation import (
     aggregate,
     fedavg_weights,
 )
+from firegrid.wire import status_of
 
 
 def _random_model(rng: np.random.Generator, dtype: str = "float64") -> dict[str, np.ndarray]:
@@ -178,4 +179,4 @@ def test_methods_are_validated_at_hosting() -> None:
 def test_an_aggregation_failure_is_the_servers_not_a_400() -> None:
     with pytest.raises(AggregationFailed) as failed:
         aggregate({"w": np.zeros(2)}, [])
-    assert (failed.value.status, failed.value.code) == (500, "aggregation_failed")
+    assert (status_of(failed.value), failed.value.code) == (500, "aggregation_failed")

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from firegrid.adapters.auth import JwtVerifier, firebase_error
 from firegrid.domain.config import AuthConfig, ServerConfig
 from firegrid.domain.errors import BadRequest, Unauthorized, Unavailable
+from firegrid.wire import status_of
 
 # PyGrid's own fixture: HS256 over an empty payload with the secret "abc".
 PYGRID_TOKEN = (
@@ -239,7 +240,7 @@ def test_a_dribbling_endpoint_costs_at_most_the_total_timeout(endpoint) -> None:
     with pytest.raises(Unavailable) as unavailable:
         _local(timeout_s=0.5).subject("t", AuthConfig(endpoint=endpoint(dribble)))
     assert time.monotonic() - started < 3.0
-    assert unavailable.value.status == 503
+    assert status_of(unavailable.value) == 503
 
 
 # -- Firebase ---------------------------------------------------------------------
@@ -276,7 +277,7 @@ def test_every_firebase_failure_is_a_401_or_503(monkeypatch, error, status) -> N
     verifier = JwtVerifier(firebase_app=lambda: None)
     with pytest.raises((Unauthorized, Unavailable)) as raised:
         verifier.subject("t", AuthConfig(firebase=True, check_revoked=True))
-    assert raised.value.status == status
+    assert status_of(raised.value) == status
     assert seen == [True]
 
 

@@ -5,6 +5,7 @@ import pytest
 from firegrid.domain.acceptance import RejectReason, Speeds, reject, screen
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, is_last_cycle, is_ready, seconds_until
+from firegrid.wire import rejection_body
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -48,8 +49,8 @@ def test_timeouts_are_whole_positive_seconds() -> None:
 
 def test_training_is_over_without_a_timeout() -> None:
     rejection = reject(RejectReason.FL_COMPLETED, _cycle(), _config(), T0)
-    assert rejection.to_wire() == {"status": "rejected", "reason": "fl_completed"}
-    full = reject(RejectReason.CYCLE_FULL, _cycle(), _config(), T0).to_wire()
+    assert rejection_body(rejection) == {"status": "rejected", "reason": "fl_completed"}
+    full = rejection_body(reject(RejectReason.CYCLE_FULL, _cycle(), _config(), T0))
     assert full == {"status": "rejected", "reason": "cycle_full", "timeout": 60}
 
 

@@ -13,6 +13,7 @@ from firegrid.services import devices, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
 from tests.common import State, b64
+from tests.edge import call
 from tests.unit.test_services import on_report, tick
 
 
@@ -24,16 +25,18 @@ def host(ctx: Context, tiny: tuple[State, bytes], **server: Any) -> str:
         "client_config": {"name": "mnist", "version": "1.0"},
         "server_config": {"cycle_length": 60, "num_cycles": 3, "max_diffs": 1} | server,
     }
-    return hosting.host_training(ctx, body)
+    return str(call(hosting.host_training, ctx, body)["process_id"])
 
 
 def registered(ctx: Context, count: int, **profile: Any) -> list[str]:
     """``count`` new workers, each with token ``tok-<worker_id>``."""
     workers = []
     for _ in range(count):
-        worker_id = devices.authenticate(ctx, {"model_name": "mnist"})["worker_id"]
-        pool.register_token(
-            ctx, {"worker_id": worker_id, "fcm_token": f"tok-{worker_id}"} | profile
+        worker_id = call(devices.authenticate, ctx, {"model_name": "mnist"})["worker_id"]
+        call(
+            pool.register_token,
+            ctx,
+            {"worker_id": worker_id, "fcm_token": f"tok-{worker_id}"} | profile,
         )
         workers.append(worker_id)
     return workers
@@ -44,7 +47,7 @@ def tokens(messages: list[Any]) -> list[str]:
 
 
 def report_for(ctx: Context, tiny: tuple[State, bytes], worker_id: str) -> None:
-    answer = devices.request_cycle(ctx, {"worker_id": worker_id, "model": "mnist"})
+    answer = call(devices.request_cycle, ctx, {"worker_id": worker_id, "model": "mnist"})
     assert answer["status"] == "accepted", answer
     diff = {k: np.full_like(v, 0.1) for k, v in tiny[0].items()}
     body = {
@@ -53,7 +56,7 @@ def report_for(ctx: Context, tiny: tuple[State, bytes], worker_id: str) -> None:
         "diff": b64(encode_state(diff)),
         "num_samples": 5,
     }
-    devices.report(ctx, body)
+    call(devices.report, ctx, body)
 
 
 # -- registration and availability --------------------------------------------
@@ -61,10 +64,12 @@ def report_for(ctx: Context, tiny: tuple[State, bytes], worker_id: str) -> None:
 
 def test_register_token_puts_the_worker_in_the_pool(ctx, tiny) -> None:
     host(ctx, tiny, availability_ttl=300)
-    worker_id = devices.authenticate(ctx, {"model_name": "mnist"})["worker_id"]
+    worker_id = call(devices.authenticate, ctx, {"model_name": "mnist"})["worker_id"]
 
     profile = {"model": "mnist", "ram_gb": 1.5, "cpu_cores": 4}
-    answer = pool.register_token(ctx, {"worker_id": worker_id, "fcm_device_token": "t1"} | profile)
+    answer = call(
+        pool.register_token, ctx, {"worker_id": worker_id, "fcm_device_token": "t1"} | profile
+    )
 
     assert answer == {"status": "success"}
     worker = ctx.repo.get_worker(worker_id)
@@ -91,21 +96,21 @@ def test_register_token_puts_the_worker_in_the_pool(ctx, tiny) -> None:
 )
 def test_register_token_refuses_bad_requests(ctx, tiny, body, error) -> None:
     host(ctx, tiny)
-    worker_id = devices.authenticate(ctx, {"model_name": "mnist"})["worker_id"]
+    worker_id = call(devices.authenticate, ctx, {"model_name": "mnist"})["worker_id"]
     body = {k: worker_id if v == "{worker}" else v for k, v in body.items()}
 
     with pytest.raises(error):
-        pool.register_token(ctx, body)
+        call(pool.register_token, ctx, body)
 
     assert ctx.repo.get_worker(worker_id).fcm_token is None
 
 
 def test_a_token_registered_by_another_worker_leaves_the_first(ctx, tiny) -> None:
     host(ctx, tiny)
-    old, new = (devices.authenticate(ctx, {"model_name": "mnist"})["worker_id"] for _ in "ab")
-    pool.register_token(ctx, {"worker_id": old, "fcm_token": "same-device"})
+    old, new = (call(devices.authenticate, ctx, {"model_name": "mnist"})["worker_id"] for _ in "ab")
+    call(pool.register_token, ctx, {"worker_id": old, "fcm_token": "same-device"})
 
-    pool.register_token(ctx, {"worker_id": new, "fcm_token": "same-device"})
+    call(pool.register_token, ctx, {"worker_id": new, "fcm_token": "same-device"})
 
     assert ctx.repo.get_worker(old).fcm_token is None
     assert not ctx.repo.get_worker(old).available
@@ -117,15 +122,15 @@ def test_worker_status_confirms_and_withdraws_availability(ctx, tiny) -> None:
     (worker_id,) = registered(ctx, 1)
     ctx.clock.advance(90)
 
-    pool.worker_status(ctx, {"worker_id": worker_id, "available": True})
+    call(pool.worker_status, ctx, {"worker_id": worker_id, "available": True})
     ctx.clock.advance(90)
     assert ctx.repo.get_worker(worker_id).in_pool(ctx.clock.now())
 
-    pool.worker_status(ctx, {"worker_id": worker_id, "available": False})
+    call(pool.worker_status, ctx, {"worker_id": worker_id, "available": False})
     worker = ctx.repo.get_worker(worker_id)
     assert (worker.available, worker.available_until) == (False, None)
     with pytest.raises(BadRequest):
-        pool.worker_status(ctx, {"worker_id": worker_id, "available": "yes"})
+        call(pool.worker_status, ctx, {"worker_id": worker_id, "available": "yes"})
 
 
 # -- invitations --------------------------------------------------------------
@@ -233,7 +238,7 @@ def test_availability_lapses_with_the_clock(ctx, tiny) -> None:
 
     assert pool.invite(ctx, process_id) == []
 
-    pool.worker_status(ctx, {"worker_id": first, "available": True})
+    call(pool.worker_status, ctx, {"worker_id": first, "available": True})
     assert pool.invite(ctx, process_id) == [first]
 
 
@@ -250,7 +255,7 @@ def test_tokens_fcm_reports_unregistered_leave_the_pool(ctx, tiny) -> None:
     assert ctx.repo.get_worker(kept).fcm_token == f"tok-{kept}"
     (send,) = ctx.repo.recent_pushes(process_id)
     assert (send["recipients"], send["sent"], send["unregistered"]) == (2, 1, 1)
-    assert operator.status(ctx, {"name": "mnist"})["pool"]["registered"] == 1
+    assert call(operator.status, ctx, {"name": "mnist"})["pool"]["registered"] == 1
 
 
 # -- lifecycle pushes ---------------------------------------------------------
@@ -313,9 +318,9 @@ def test_the_last_cycle_pushes_fl_completed_to_every_registered_worker_once(ctx,
 def test_a_reset_tells_the_dropped_and_the_pool_then_invites_again(ctx, tiny) -> None:
     process_id = host(ctx, tiny, max_workers=1, max_diffs=1, availability_ttl=10_000)
     idle, waiting = registered(ctx, 2)
-    answer = devices.request_cycle(ctx, {"worker_id": idle, "model": "mnist"})
+    answer = call(devices.request_cycle, ctx, {"worker_id": idle, "model": "mnist"})
     assert answer["status"] == "accepted"
-    pool.worker_status(ctx, {"worker_id": idle, "available": False})
+    call(pool.worker_status, ctx, {"worker_id": idle, "available": False})
     ctx.clock.advance(61)
 
     report = tick(ctx)

@@ -15,7 +15,9 @@ from firegrid.domain.errors import BadRequest, Conflict, NotFound, Unauthorized
 from firegrid.services import cycles, devices, hosting
 from firegrid.services.context import Context
 from firegrid.tensors import decode_state, encode_state
+from firegrid.wire import status_of
 from tests.common import State, b64
+from tests.edge import call
 
 
 def host_body(tiny: tuple[State, bytes], **server: Any) -> dict[str, Any]:
@@ -29,16 +31,16 @@ def host_body(tiny: tuple[State, bytes], **server: Any) -> dict[str, Any]:
 
 
 def host(ctx: Context, tiny: tuple[State, bytes], **server: Any) -> str:
-    return hosting.host_training(ctx, host_body(tiny, **server))
+    return str(call(hosting.host_training, ctx, host_body(tiny, **server))["process_id"])
 
 
 def login(ctx: Context, token: str | None = None) -> str:
     body = {"model_name": "mnist"} | ({"auth_token": token} if token else {})
-    return str(devices.authenticate(ctx, body)["worker_id"])
+    return str(call(devices.authenticate, ctx, body)["worker_id"])
 
 
 def ask(ctx: Context, worker_id: str) -> dict[str, Any]:
-    return devices.request_cycle(ctx, {"worker_id": worker_id, "model": "mnist"})
+    return call(devices.request_cycle, ctx, {"worker_id": worker_id, "model": "mnist"})
 
 
 def join(ctx: Context) -> tuple[str, str]:
@@ -62,7 +64,7 @@ def send_report(
         "diff": b64(encode_state(diff)),
         "num_samples": num_samples,
     }
-    return devices.report(ctx, body)
+    return call(devices.report, ctx, body)
 
 
 def on_report(ctx: Context, process_id: str, seq: int = 1) -> bool:
@@ -132,7 +134,7 @@ def test_hosting_stores_checkpoint_one_the_plan_and_opens_cycle_one(ctx, tiny) -
 )
 def test_an_invalid_hosting_request_creates_nothing(ctx, tiny, change, code) -> None:
     with pytest.raises(BadRequest) as refused:
-        hosting.host_training(ctx, host_body(tiny) | change)
+        call(hosting.host_training, ctx, host_body(tiny) | change)
 
     assert refused.value.code == code
     assert ctx.repo.processes == {}
@@ -147,7 +149,7 @@ def test_hosting_the_same_name_and_version_twice_is_409_and_changes_nothing(ctx,
     with pytest.raises(Conflict) as duplicate:
         host(ctx, tiny, num_cycles=9)
 
-    assert (duplicate.value.status, duplicate.value.code) == (409, "duplicate_process")
+    assert (status_of(duplicate.value), duplicate.value.code) == (409, "duplicate_process")
     assert ctx.blobs.objects == stored
     assert ctx.repo.get_process(process_id).server_config.num_cycles == 3
 
@@ -188,7 +190,7 @@ def test_a_secret_auth_process_gives_a_subject_the_same_worker_every_time(ctx, t
 
     assert alice == alice_again != bob
     assert len(ctx.repo.process_workers(process_id)) == 2
-    answer = devices.authenticate(ctx, {"model_name": "mnist", "auth_token": "valid:alice"})
+    answer = call(devices.authenticate, ctx, {"model_name": "mnist", "auth_token": "valid:alice"})
     assert answer == {"status": "success", "worker_id": alice, "requires_speed_test": False}
 
 
@@ -207,7 +209,7 @@ def test_authenticating_for_an_unknown_model_is_404(ctx, tiny) -> None:
     host(ctx, tiny)
 
     with pytest.raises(NotFound):
-        devices.authenticate(ctx, {"model_name": "cifar"})
+        call(devices.authenticate, ctx, {"model_name": "cifar"})
 
 
 # -- cycle-request ------------------------------------------------------------
@@ -336,7 +338,7 @@ def test_a_late_report_after_the_close_is_409_and_changes_nothing(ctx, tiny) -> 
     with pytest.raises(Conflict) as refused:
         send_report(ctx, late, late_key, constant_diff(tiny, 5.0))
 
-    assert (refused.value.status, refused.value.code) == (409, "cycle_closed")
+    assert (status_of(refused.value), refused.value.code) == (409, "cycle_closed")
     assert ctx.blobs.objects == objects
     assert ctx.repo.get_cycle(process_id, 1).summary.num_diffs == 2
     assert not ctx.repo.get_assignment(process_id, 1, late).reported
@@ -509,10 +511,11 @@ def test_one_broken_process_does_not_stop_the_tick_for_the_others(ctx, tiny) -> 
     good = host(ctx, tiny, min_diffs=1, max_diffs=3)
     worker_id, key = join(ctx)
     send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
-    broken = hosting.host_training(
+    broken = call(
+        hosting.host_training,
         ctx,
         host_body(tiny) | {"client_config": {"name": "broken", "version": "1"}},
-    )
+    )["process_id"]
     ctx.blobs.delete(blobs.checkpoint_object(broken, 1))
     begin_closing(ctx, broken, 1)
     ctx.clock.advance(61)

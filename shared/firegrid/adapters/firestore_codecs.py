@@ -18,7 +18,7 @@ from typing import Any
 
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, CycleSummary, ProcessStatus
-from firegrid.domain.diffs import schema_from_wire, schema_to_wire
+from firegrid.domain.diffs import schema_from_dict, schema_to_dict
 from firegrid.domain.limits import INT64_MAX
 from firegrid.domain.model import Assignment, Process, Worker
 
@@ -35,7 +35,7 @@ def process_doc(process: Process) -> Document:
         "current_cycle": process.current_cycle,
         "latest_checkpoint": process.latest_checkpoint,
         "key_secret": process.key_secret,
-        "schema": json.dumps(schema_to_wire(process.schema)),
+        "schema": json.dumps(schema_to_dict(process.schema)),
         "plans": dict(process.plans),
         "plan_sizes": dict(process.plan_sizes),
         "created_at": process.created_at,
@@ -62,7 +62,7 @@ def process_from(process_id: str, data: Document) -> Process:
         current_cycle=data["current_cycle"],
         latest_checkpoint=data["latest_checkpoint"],
         key_secret=data["key_secret"],
-        schema=schema_from_wire(json.loads(data["schema"])),
+        schema=schema_from_dict(json.loads(data["schema"])),
         plans=data.get("plans") or {},
         plan_sizes=data.get("plan_sizes") or {},
         created_at=data["created_at"],

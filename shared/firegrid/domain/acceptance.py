@@ -41,12 +41,6 @@ class Rejection:
     timeout: int | None
     """Seconds until the device should ask again; None means training is over."""
 
-    def to_wire(self) -> dict[str, object]:
-        body: dict[str, object] = {"status": "rejected", "reason": self.reason.value}
-        if self.timeout is not None:
-            body["timeout"] = self.timeout
-        return body
-
 
 def reject(reason: RejectReason, cycle: Cycle, config: ServerConfig, now: datetime) -> Rejection:
     if reason is RejectReason.FL_COMPLETED:

@@ -66,7 +66,6 @@ class AggregationFailed(FireGridError):
     """The diffs of a cycle could not be aggregated: a server-side failure, not the
     caller's (no device request ever aggregates)."""
 
-    status = 500
     default_code = "aggregation_failed"
 
 

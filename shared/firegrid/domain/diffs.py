@@ -19,7 +19,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
 
-    def to_wire(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, object]:
         return {"dtype": self.dtype, "shape": list(self.shape)}
 
 
@@ -52,15 +52,15 @@ def max_file_bytes(schema: Schema) -> int:
     return payload_bytes(schema) + header
 
 
-def schema_from_wire(raw: Mapping[str, Mapping[str, Any]]) -> Schema:
+def schema_from_dict(raw: Mapping[str, Mapping[str, Any]]) -> Schema:
     return {
         name: TensorSpec(str(s["dtype"]), tuple(int(d) for d in s["shape"]))
         for name, s in raw.items()
     }
 
 
-def schema_to_wire(schema: Schema) -> dict[str, dict[str, object]]:
-    return {name: spec.to_wire() for name, spec in schema.items()}
+def schema_to_dict(schema: Schema) -> dict[str, dict[str, object]]:
+    return {name: spec.as_dict() for name, spec in schema.items()}
 
 
 class InvalidDiff(BadRequest):

@@ -1,4 +1,7 @@
-"""One error family; each error knows its wire form (HTTP status, code, message)."""
+"""One error family: each failure a caller can act on has a type and a stable machine code.
+
+Their HTTP statuses are the edge's business (``firegrid.wire.STATUS``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ from __future__ import annotations
 class FireGridError(Exception):
     """A failure the caller can act on, with a stable machine code."""
 
-    status: int = 500
     default_code: str = "internal"
 
     def __init__(self, message: str, code: str | None = None) -> None:
@@ -14,40 +16,32 @@ class FireGridError(Exception):
         self.message = message
         self.code = code or self.default_code
 
-    def to_wire(self) -> dict[str, str]:
-        return {"error": self.message, "code": self.code}
-
 
 class BadRequest(FireGridError):
-    status = 400
     default_code = "bad_request"
 
 
 class Unauthorized(FireGridError):
-    status = 401
     default_code = "unauthorized"
 
 
 class NotFound(FireGridError):
-    status = 404
     default_code = "not_found"
 
 
 class MethodNotAllowed(FireGridError):
-    status = 405
     default_code = "method_not_allowed"
 
 
 class Conflict(FireGridError):
-    status = 409
     default_code = "conflict"
 
 
 class PayloadTooLarge(FireGridError):
-    status = 413
     default_code = "too_large"
 
 
 class Unavailable(FireGridError):
-    status = 503
+    """Whoever could decide (a store, a third party) cannot be asked now: try again."""
+
     default_code = "unavailable"

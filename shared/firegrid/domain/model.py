@@ -176,10 +176,3 @@ class Report:
             num_samples=self.num_samples,
             diff_object=self.diff_object,
         )
-
-
-@dataclass(frozen=True)
-class Redirect:
-    """A payload served from elsewhere: the device follows ``url`` (HTTP 307)."""
-
-    url: str

@@ -123,16 +123,6 @@ class TickReport:
     invited: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
-    def to_wire(self) -> dict[str, list[str]]:
-        return {
-            "closed": self.closed,
-            "reset": self.reset,
-            "extended": self.extended,
-            "redriven": self.redriven,
-            "invited": self.invited,
-            "failed": self.failed,
-        }
-
 
 def tick(ctx: Context) -> TickReport:
     """Enforce deadlines and re-drive stuck closings, for every training process."""

@@ -1,41 +1,38 @@
 """The device API's use cases: authenticate, cycle-request, downloads, report, speed test.
 
-A worker id is the device's credential: every call that names one treats an
-id it does not know, or one of another process, alike (401 ``unknown_worker``).
+Each takes a typed request (``firegrid.api``) and answers a domain result
+(``firegrid.services.results``); ``firegrid.wire`` turns both into HTTP.
+A worker id is the device's credential: every call that names one treats an id it
+does not know, or one of another process, alike (401 ``unknown_worker``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
-from firegrid.domain import blobs, limits
-from firegrid.domain.acceptance import RejectReason, Speeds, reject, screen
+from firegrid import api
+from firegrid.domain import blobs
+from firegrid.domain.acceptance import Rejection, RejectReason, Speeds, reject, screen
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.diffs import max_file_bytes, payload_bytes, validate_diff
-from firegrid.domain.errors import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    PayloadTooLarge,
-    Unauthorized,
-)
-from firegrid.domain.fields import Fields
+from firegrid.domain.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized
 from firegrid.domain.keys import KeyScope, derive_worker_id, issue_request_key, verify_request_key
-from firegrid.domain.model import Assignment, Process, Redirect, Report, Worker
+from firegrid.domain.model import Assignment, Process, Report, Worker
 from firegrid.domain.selection import free_slot
 from firegrid.services.context import Context
-from firegrid.services.lookups import (
-    find_worker,
-    known_worker,
-    model_name,
-    process_by_name,
-    worker_id_field,
+from firegrid.services.lookups import find_worker, known_worker, process_by_name
+from firegrid.services.results import (
+    Authenticated,
+    Done,
+    Empty,
+    Offer,
+    SignedUrl,
+    UploadGrant,
 )
 from firegrid.tensors import decode_state, encode_state
 
@@ -43,19 +40,17 @@ AUTH_REQUIRED = "Authentication is required, please pass an 'auth_token'."
 INVALID_KEY = "Invalid request key!"
 SIGNED_URL_TTL = timedelta(minutes=15)
 CONTENT_LENGTH_RANGE = "x-goog-content-length-range"
+OCTET_STREAM = "application/octet-stream"
 
 
-def authenticate(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
-    fields = Fields(body)
-    name = model_name(fields, "model_name")
-    version = fields.version("model_version")
-    token = fields.text("auth_token", max_length=limits.MAX_TOKEN_LENGTH)
-    process = process_by_name(ctx, name, version)
+def authenticate(ctx: Context, request: api.Authenticate) -> Authenticated:
+    process = process_by_name(ctx, request.model_name, request.model_version)
     auth = process.server_config.authentication
     if auth.required:
-        if token is None:
+        if request.auth_token is None:
             raise Unauthorized(AUTH_REQUIRED, "auth_required")
-        subject = hashlib.sha256(ctx.verifier.subject(token, auth).encode()).hexdigest()
+        verified = ctx.verifier.subject(request.auth_token, auth)
+        subject = hashlib.sha256(verified.encode()).hexdigest()
     else:
         # An open process cannot trust any identity claim: every login is a new worker.
         subject = "anonymous:" + secrets.token_hex(16)
@@ -67,59 +62,49 @@ def authenticate(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
             created_at=ctx.clock.now(),
         )
     )
-    return {
-        "status": "success",
-        "worker_id": worker.id,
-        "requires_speed_test": process.server_config.requires_speed_test,
-    }
+    return Authenticated(
+        worker_id=worker.id, requires_speed_test=process.server_config.requires_speed_test
+    )
 
 
-def _speeds(fields: Fields, required: bool) -> Speeds:
-    def speed(key: str) -> float | None:
-        return fields.number(key, maximum=limits.MAX_SPEED, strings=True)
-
-    speeds = Speeds(ping=speed("ping"), download=speed("download"), upload=speed("upload"))
-    if required:
-        for key in ("ping", "download", "upload"):
-            if getattr(speeds, key) is None:
-                raise BadRequest(f"'{key}' is required", "speed_test_required")
-    return speeds
+def _require_speeds(speeds: Speeds) -> None:
+    for key in ("ping", "download", "upload"):
+        if getattr(speeds, key) is None:
+            raise BadRequest(f"'{key}' is required", "speed_test_required")
 
 
-def request_cycle(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
-    fields = Fields(body)
-    worker_id = worker_id_field(fields)
-    name = model_name(fields, "model")
-    version = fields.version("version")
-    start_key = fields.text("cycle_start_request_key", max_length=limits.MAX_KEY_LENGTH)
-    process = process_by_name(ctx, name, version)
-    worker = known_worker(ctx, worker_id, process)
+def request_cycle(ctx: Context, request: api.CycleRequest) -> Offer | Rejection:
+    process = process_by_name(ctx, request.model, request.version)
+    worker = known_worker(ctx, request.worker_id, process)
     config = process.server_config
-    speeds = _speeds(fields, config.requires_speed_test)
+    if config.requires_speed_test:
+        _require_speeds(request.speeds)
     cycle = _current_cycle(ctx, process)
     now = ctx.clock.now()
     if process.status is ProcessStatus.COMPLETED:
-        return reject(RejectReason.FL_COMPLETED, cycle, config, now).to_wire()
+        return reject(RejectReason.FL_COMPLETED, cycle, config, now)
     if cycle.status is not CycleStatus.OPEN:
-        return reject(RejectReason.CYCLE_CLOSING, cycle, config, now).to_wire()
+        return reject(RejectReason.CYCLE_CLOSING, cycle, config, now)
 
     existing = ctx.repo.get_assignment(process.id, cycle.seq, worker.id)
     if existing is not None and existing.reported:
-        return reject(RejectReason.ALREADY_REPORTED, cycle, config, now).to_wire()
+        return reject(RejectReason.ALREADY_REPORTED, cycle, config, now)
     if existing is None or existing.epoch != cycle.epoch:
         reason = screen(
             config=config,
             cycle=cycle,
-            speeds=speeds,
+            speeds=request.speeds,
             last_cycle=worker.last_cycle,
-            start_key=start_key,
+            start_key=request.start_key,
         )
         if reason is not None:
-            return reject(reason, cycle, config, now).to_wire()
+            return reject(reason, cycle, config, now)
         existing = ctx.repo.claim_place(process.id, cycle, worker.id, now, _slots(ctx, config))
         if existing is None:
-            return reject(RejectReason.CYCLE_FULL, cycle, config, now).to_wire()
-    return _accepted(process, cycle, existing)
+            return reject(RejectReason.CYCLE_FULL, cycle, config, now)
+    scope = KeyScope(cycle.seq, existing.epoch)
+    key = issue_request_key(process.key_secret, process.id, existing.worker_id, scope)
+    return Offer(process=process, cycle=cycle, assignment=existing, request_key=key)
 
 
 def _slots(ctx: Context, config: ServerConfig) -> Callable[[set[int]], int | None] | None:
@@ -135,24 +120,6 @@ def _current_cycle(ctx: Context, process: Process) -> Cycle:
     if cycle is None:
         raise NotFound("The process has no cycle", "unknown_cycle")
     return cycle
-
-
-def _accepted(process: Process, cycle: Cycle, assignment: Assignment) -> dict[str, Any]:
-    scope = KeyScope(cycle.seq, assignment.epoch)
-    return {
-        "status": "accepted",
-        "request_key": issue_request_key(
-            process.key_secret, process.id, assignment.worker_id, scope
-        ),
-        "cycle_id": cycle.seq,
-        "model": process.name,
-        "version": process.version,
-        "model_id": process.id,
-        "plans": dict(process.plans),
-        "protocols": {},
-        "client_config": dict(process.client_config),
-        "deadline": cycle.deadline.isoformat() if cycle.deadline else None,
-    }
 
 
 @dataclass(frozen=True)
@@ -178,14 +145,12 @@ class Place:
     assignment: Assignment
 
 
-def _grant(ctx: Context, fields: Fields) -> Grant:
-    worker_id = worker_id_field(fields)
-    request_key = fields.text("request_key", required=True, max_length=limits.MAX_KEY_LENGTH)
-    worker = find_worker(ctx, worker_id)
+def _grant(ctx: Context, request: api.Keyed) -> Grant:
+    worker = find_worker(ctx, request.worker_id)
     process = ctx.repo.get_process(worker.process_id) if worker else None
     if worker is None or process is None:
         raise Unauthorized(INVALID_KEY, "invalid_request_key")
-    scope = verify_request_key(process.key_secret, process.id, worker.id, request_key)
+    scope = verify_request_key(process.key_secret, process.id, worker.id, request.request_key)
     return Grant(worker.id, process, scope)
 
 
@@ -205,101 +170,87 @@ def _inline_limit(ctx: Context, process: Process) -> int:
     return min(ctx.settings.inline_limit_bytes, lowered or ctx.settings.inline_limit_bytes)
 
 
-def _download(ctx: Context, process: Process, name: str, size: int) -> bytes | Redirect:
+def _download(ctx: Context, process: Process, name: str, size: int) -> bytes | SignedUrl:
     """Small payloads inline; larger ones by a short-lived signed URL."""
     if size <= _inline_limit(ctx, process):
         return ctx.blobs.get(name)
-    return Redirect(ctx.blobs.signed_url(name, method="GET", expires_in=SIGNED_URL_TTL))
+    return SignedUrl(ctx.blobs.signed_url(name, method="GET", expires_in=SIGNED_URL_TTL))
 
 
-def get_model(ctx: Context, args: Mapping[str, Any]) -> bytes | Redirect:
-    fields = Fields(args, what="the query")
-    place = _place(ctx, _grant(ctx, fields))
-    if fields.text("model_id", required=True, max_length=limits.MAX_KEY_LENGTH) != place.process.id:
+def get_model(ctx: Context, request: api.ModelDownload) -> bytes | SignedUrl:
+    place = _place(ctx, _grant(ctx, request))
+    if request.model_id != place.process.id:
         raise NotFound("Model not found!", "unknown_model")
     name = blobs.checkpoint_object(place.process.id, place.cycle.checkpoint)
     return _download(ctx, place.process, name, payload_bytes(place.process.schema))
 
 
-def get_plan(ctx: Context, args: Mapping[str, Any]) -> bytes | Redirect:
-    fields = Fields(args, what="the query")
-    place = _place(ctx, _grant(ctx, fields))
-    plan_id = fields.text("plan_id", required=True, max_length=limits.MAX_KEY_LENGTH)
-    variant = fields.text("receive_operations_as", max_length=limits.MAX_KEY_LENGTH) or "torch"
-    if variant != "torch":
+def get_plan(ctx: Context, request: api.PlanDownload) -> bytes | SignedUrl:
+    place = _place(ctx, _grant(ctx, request))
+    if request.variant != "torch":
         raise BadRequest(
-            f"receive_operations_as '{variant}' is not available; use 'torch'",
+            f"receive_operations_as '{request.variant}' is not available; use 'torch'",
             "unsupported_plan_format",
         )
-    if plan_id not in place.process.plans:
+    if request.plan_id not in place.process.plans:
         raise NotFound("Plan ID not found!", "unknown_plan")
-    size = place.process.plan_sizes.get(plan_id, 0)
-    return _download(ctx, place.process, blobs.plan_object(place.process.id, plan_id), size)
+    size = place.process.plan_sizes.get(request.plan_id, 0)
+    name = blobs.plan_object(place.process.id, request.plan_id)
+    return _download(ctx, place.process, name, size)
 
 
-def report_upload_url(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+def report_upload_url(ctx: Context, request: api.Keyed) -> UploadGrant:
     """A signed PUT URL for a diff too large to send inline; then ``report`` with ``uploaded``.
 
     The URL only accepts bodies up to the largest diff file of this model.
     """
-    grant = _grant(ctx, Fields(body))
+    grant = _grant(ctx, request)
     place = _place(ctx, grant)
     if place.assignment.reported:
         raise Conflict("This worker already reported for this cycle", "already_reported")
     max_bytes = max_file_bytes(place.process.schema)
-    headers = {
-        "Content-Type": "application/octet-stream",
-        CONTENT_LENGTH_RANGE: f"0,{max_bytes}",
-    }
+    headers = {"Content-Type": OCTET_STREAM, CONTENT_LENGTH_RANGE: f"0,{max_bytes}"}
     url = ctx.blobs.signed_url(
         grant.upload_object(), method="PUT", expires_in=SIGNED_URL_TTL, headers=headers
     )
-    return {
-        "upload_url": url,
-        "expires_at": (ctx.clock.now() + SIGNED_URL_TTL).isoformat(),
-        "method": "PUT",
-        "content_type": "application/octet-stream",
-        "headers": headers,
-        "max_bytes": max_bytes,
-    }
+    return UploadGrant(
+        url=url,
+        expires_at=ctx.clock.now() + SIGNED_URL_TTL,
+        headers=headers,
+        max_bytes=max_bytes,
+    )
 
 
-def report(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+def report(ctx: Context, request: api.Report) -> Done:
     """Store a diff and count it, once; a refused report leaves no object behind."""
-    fields = Fields(body)
-    num_samples = fields.integer("num_samples", "train_num_samples", required=True, minimum=1)
-    uploaded = fields.flag("uploaded")
-    inline = None if uploaded else fields.base64("diff")
-    grant = _grant(ctx, fields)
-    upload = grant.upload_object() if uploaded else None
+    grant = _grant(ctx, request)
+    upload = grant.upload_object() if request.uploaded else None
     try:
-        _report(ctx, grant, num_samples, inline, upload)
+        _report(ctx, grant, request, upload)
     finally:
         if upload is not None:
             ctx.blobs.delete(upload)
-    return {"status": "success"}
+    return Done()
 
 
-def _report(
-    ctx: Context, grant: Grant, num_samples: int, inline: bytes | None, upload: str | None
-) -> None:
+def _report(ctx: Context, grant: Grant, request: api.Report, upload: str | None) -> None:
     place = _place(ctx, grant)
     if place.assignment.reported:
         raise Conflict("This worker already reported for this cycle", "already_reported")
     config = place.process.server_config
-    if num_samples > config.max_num_samples:
+    if request.num_samples > config.max_num_samples:
         raise BadRequest(
             f"'num_samples' must be <= {config.max_num_samples} (server_config.max_num_samples)",
             "too_many_samples",
         )
     max_bytes = max_file_bytes(place.process.schema)
-    if inline is None:
+    if request.diff is None:
         assert upload is not None
         diff_bytes = _uploaded_diff(ctx, place, upload, max_bytes)
-    elif len(inline) > max_bytes:
+    elif len(request.diff) > max_bytes:
         raise PayloadTooLarge(f"The diff is larger than this model's ({max_bytes} bytes)")
     else:
-        diff_bytes = inline
+        diff_bytes = request.diff
     diff = validate_diff(
         decode_state(diff_bytes, "diff"),
         place.process.schema,
@@ -311,9 +262,11 @@ def _report(
     seq, epoch = place.cycle.seq, place.assignment.epoch
     name = blobs.diff_object(place.process.id, seq, grant.worker_id, epoch, secrets.token_hex(8))
     ctx.blobs.put(name, diff_bytes, if_absent=True)
+    counted = Report(
+        epoch=epoch, num_samples=request.num_samples, diff_object=name, at=ctx.clock.now()
+    )
     try:
-        report = Report(epoch=epoch, num_samples=num_samples, diff_object=name, at=ctx.clock.now())
-        ctx.repo.record_report(place.process.id, seq, grant.worker_id, report)
+        ctx.repo.record_report(place.process.id, seq, grant.worker_id, counted)
     except Conflict:  # the cycle closed or a twin report won meanwhile: drop our own bytes
         ctx.blobs.delete(name)
         raise
@@ -339,19 +292,15 @@ def _uploaded_diff(ctx: Context, place: Place, name: str, max_bytes: int) -> byt
         ) from None
 
 
-def admit_speed_test(ctx: Context, args: Mapping[str, Any]) -> None:
+def admit_speed_test(ctx: Context, request: api.SpeedTest) -> None:
     """The speed test is for known workers of a training process only."""
-    fields = Fields(args, what="the query")
-    worker = known_worker(ctx, worker_id_field(fields))
-    fields.text("random", required=True, max_length=limits.MAX_KEY_LENGTH)
+    worker = known_worker(ctx, request.worker_id)
     process = ctx.repo.get_process(worker.process_id)
     if process is None or process.status is not ProcessStatus.TRAINING:
         raise Conflict("The speed test is for workers of a training process", "not_training")
 
 
-def speed_test(ctx: Context, args: Mapping[str, Any]) -> bytes | dict[str, Any]:
+def speed_test(ctx: Context, request: api.SpeedTest) -> bytes | Empty:
     """PyGrid's download speed test: a random sample, or ``{}`` for a ping."""
-    admit_speed_test(ctx, args)
-    if args.get("is_ping") in ("1", "true", "True"):
-        return {}
-    return secrets.token_bytes(ctx.settings.speed_test_bytes)
+    admit_speed_test(ctx, request)
+    return Empty() if request.ping else secrets.token_bytes(ctx.settings.speed_test_bytes)

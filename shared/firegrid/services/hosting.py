@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from firegrid import api
 from firegrid.domain import blobs, limits
-from firegrid.domain.config import ClientConfig, ServerConfig
+from firegrid.domain.config import ClientConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus, deadline_for
 from firegrid.domain.diffs import schema_of
 from firegrid.domain.errors import BadRequest, Conflict
-from firegrid.domain.fields import Fields, is_reserved_name
+from firegrid.domain.fields import is_reserved_name
 from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
 from firegrid.services.context import Context
+from firegrid.services.results import Hosted
 from firegrid.tensors import decode_state
-
-TRAINING_PLAN = "training_plan"
 
 
 def process_id_for(name: str, version: str) -> str:
@@ -40,16 +39,14 @@ def new_cycle(process: Process, seq: int, ctx: Context) -> Cycle:
     )
 
 
-def host_training(ctx: Context, body: Mapping[str, Any]) -> str:
+def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
     """Validate everything, then store checkpoint 1, the plans and cycle 1."""
-    fields = Fields(body)
-    client_config = ClientConfig.parse(fields.raw.get("client_config"))
-    server_config = ServerConfig.parse(fields.raw.get("server_config"))
+    client_config, server_config = request.client_config, request.server_config
     ctx.verifier.check(server_config.authentication)
-    model_bytes = fields.base64("model")
+    model_bytes = request.model
     model = decode_state(model_bytes, "model")
     _check_model(model)
-    plans = _decode_plans(fields.raw.get("plans"), model)
+    plans = _validate_plans(request.plans, model)
 
     process_id = process_id_for(client_config.name, client_config.version)
     if ctx.repo.get_process(process_id) is not None:
@@ -82,7 +79,7 @@ def host_training(ctx: Context, body: Mapping[str, Any]) -> str:
         ctx.blobs.delete_prefix(blobs.process_prefix(process_id))
         ctx.repo.delete_process(process_id)
         raise
-    return process_id
+    return Hosted(process_id)
 
 
 def _duplicate(config: ClientConfig) -> Conflict:
@@ -104,23 +101,9 @@ def _check_model(model: Mapping[str, Any]) -> None:
             raise BadRequest(f"model tensor '{name}' contains NaN or Inf", "invalid_model")
 
 
-_PLAN_NAME = re.compile(r"[A-Za-z0-9_]{1,64}", re.ASCII)
-
-
-def _decode_plans(raw: object, model: Mapping[str, Any]) -> dict[str, bytes]:
-    if not isinstance(raw, Mapping) or TRAINING_PLAN not in raw:
-        raise BadRequest("'plans' must be an object with a 'training_plan'", "invalid_plan")
+def _validate_plans(plans: Mapping[str, bytes], model: Mapping[str, Any]) -> dict[str, bytes]:
     from firegrid.plans import validate_plan  # imports torch: hosting only
 
-    plans = {}
-    encoded = Fields(raw, prefix="plans.")
-    for name in raw:
-        if _PLAN_NAME.fullmatch(name) is None:
-            shown = name[:80]
-            raise BadRequest(
-                f"plan name {shown!r} must be 1-64 ASCII letters, digits and _", "invalid_plan"
-            )
-        data = encoded.base64(name)
+    for name, data in plans.items():
         validate_plan(data, model, name)
-        plans[name] = data
-    return plans
+    return dict(plans)

@@ -7,18 +7,13 @@ caller learns nothing about other processes' workers.
 
 from __future__ import annotations
 
-from firegrid.domain import limits
+from firegrid import api
 from firegrid.domain.errors import NotFound, Unauthorized
-from firegrid.domain.fields import Fields
 from firegrid.domain.keys import WORKER_ID
 from firegrid.domain.model import Process, Worker, current_version
 from firegrid.services.context import Context
 
 UNKNOWN_WORKER = "Unknown worker for this model: authenticate first"
-
-
-def model_name(fields: Fields, key: str) -> str:
-    return fields.text(key, required=True, max_length=limits.MAX_NAME_LENGTH)
 
 
 def process_by_name(ctx: Context, name: str, version: str | None) -> Process:
@@ -29,13 +24,9 @@ def process_by_name(ctx: Context, name: str, version: str | None) -> Process:
     return process
 
 
-def named_process(ctx: Context, fields: Fields) -> Process:
+def named_process(ctx: Context, query: api.ProcessQuery) -> Process:
     """The process an operator call names with ``name`` and an optional ``version``."""
-    return process_by_name(ctx, model_name(fields, "name"), fields.version("version"))
-
-
-def worker_id_field(fields: Fields) -> str:
-    return fields.text("worker_id", required=True, max_length=limits.MAX_KEY_LENGTH)
+    return process_by_name(ctx, query.name, query.version)
 
 
 def find_worker(ctx: Context, worker_id: str) -> Worker | None:

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from firegrid.domain import limits
+from firegrid import api
 from firegrid.domain.acceptance import may_rejoin
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.errors import BadRequest, NotFound
-from firegrid.domain.fields import Fields
 from firegrid.domain.model import Process, Worker, token_holders_to_clear
 from firegrid.domain.push import PushType, messages_to, push_data
 from firegrid.domain.selection import Candidate, RoundState, invitations_wanted, select
 from firegrid.services.context import Context
-from firegrid.services.lookups import known_worker, named_process, worker_id_field
+from firegrid.services.lookups import known_worker, named_process
+from firegrid.services.results import Done, PoolReport, PushSent
 
 log = logging.getLogger(__name__)
 
@@ -42,59 +41,43 @@ def _process_of(ctx: Context, worker: Worker) -> Process:
     return process
 
 
-_FCM_TOKEN = re.compile(r"[\x21-\x7e]+", re.ASCII)
-"""FCM registration tokens are printable ASCII without spaces."""
-
-
-def register_token(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+def register_token(ctx: Context, request: api.RegisterToken) -> Done:
     """``register-token`` (the fork's ``save-fcm-token``): the worker joins the pool."""
-    fields = Fields(body)
-    worker = known_worker(ctx, worker_id_field(fields))
-    token = fields.text(
-        "fcm_token",
-        "fcm_device_token",
-        required=True,
-        max_length=limits.MAX_FCM_TOKEN_LENGTH,
-        pattern=_FCM_TOKEN,
-    )
-    ram_gb = fields.number("ram_gb", maximum=limits.MAX_RAM_GB)
-    cores = fields.whole_number("cpu_cores", maximum=limits.MAX_CPU_CORES)
+    worker = known_worker(ctx, request.worker_id)
     process = _process_of(ctx, worker)
-    model = fields.text("model", max_length=limits.MAX_NAME_LENGTH)
-    # PyGrid clients send a version; it is bounded, though the worker names its process.
-    fields.version("version")
-    if model is not None and model != process.name:
+    if request.model is not None and request.model != process.name:
         raise BadRequest(
             "'model' is not the process this worker authenticated for", "wrong_process"
         )
     ttl = timedelta(seconds=process.server_config.availability_ttl)
-    slow = ram_gb is not None and ram_gb < SLOW_RAM_GB
+    slow = request.ram_gb is not None and request.ram_gb < SLOW_RAM_GB
     until = ctx.clock.now() + ttl
+    token = request.token
 
     def register(current: Worker) -> Worker:
         return current.with_token(
-            token, ram_gb=ram_gb, cpu_cores=cores, slow=slow, available_until=until
+            token,
+            ram_gb=request.ram_gb,
+            cpu_cores=request.cpu_cores,
+            slow=slow,
+            available_until=until,
         )
 
     ctx.repo.update_worker(worker.id, register)
     holders = ctx.repo.workers_with_tokens(process.id, [token])
     for holder in token_holders_to_clear(holders, worker):
-        ctx.repo.update_worker(holder.id, lambda w: w.without_token(token))
-    return {"status": "success"}
+        ctx.repo.update_worker(holder.id, _forget(token))
+    return Done()
 
 
-def worker_status(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+def worker_status(ctx: Context, request: api.WorkerStatus) -> Done:
     """``worker-status`` (the fork's ``update-worker-status``): confirm or withdraw availability."""
-    fields = Fields(body)
-    worker = known_worker(ctx, worker_id_field(fields))
-    if not isinstance(fields.raw.get("available"), bool):
-        raise BadRequest("'available' must be true or false", "invalid_field")
-    available = fields.flag("available")
+    worker = known_worker(ctx, request.worker_id)
     process = _process_of(ctx, worker)
-    ttl = timedelta(seconds=process.server_config.availability_ttl)
-    until = ctx.clock.now() + ttl
+    until = ctx.clock.now() + timedelta(seconds=process.server_config.availability_ttl)
+    available = request.available
     ctx.repo.update_worker(worker.id, lambda w: w.with_availability(available, until))
-    return {"status": "success"}
+    return Done()
 
 
 def invite(ctx: Context, process_id: str) -> list[str]:
@@ -267,25 +250,19 @@ def _ask_for_availability(
     )  # fmt: skip
 
 
-def operator_push(ctx: Context, body: Mapping[str, Any]) -> dict[str, Any]:
+def operator_push(ctx: Context, request: api.Push) -> PushSent:
     """``admin/push``: send a message type to every registered worker of a process."""
-    fields = Fields(body)
-    if not fields.present("type"):
-        raise BadRequest("'type' is required", "missing_field")
-    push_type = PushType(fields.choice("type", (t.value for t in PushType), ""))
-    process = named_process(ctx, fields)
+    process = named_process(ctx, request)
     cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
     result = push(
-        ctx, process, push_type, ctx.repo.process_workers(process.id),
-        cycle=cycle, key=f"operator-{push_type.value}-{secrets.token_hex(8)}",
-        with_start_key=push_type is PushType.REQUEST_FOR_CYCLE,
+        ctx, process, request.type, ctx.repo.process_workers(process.id),
+        cycle=cycle, key=f"operator-{request.type.value}-{secrets.token_hex(8)}",
+        with_start_key=request.type is PushType.REQUEST_FOR_CYCLE,
     )  # fmt: skip
-    return {"status": "success", "push": _wire(result or {})}
+    return PushSent(result or {})
 
 
-def pool_status(
-    ctx: Context, process: Process, cycle: Cycle | None, assigned: int
-) -> dict[str, Any]:
+def pool_status(ctx: Context, process: Process, cycle: Cycle | None, assigned: int) -> PoolReport:
     """The pool of a process; ``cycle`` and its ``assigned`` count come from the caller."""
     now = ctx.clock.now()
     workers = ctx.repo.process_workers(process.id)
@@ -294,16 +271,12 @@ def pool_status(
         invited = sum(
             1 for e in ctx.repo.invitations(process.id, cycle.seq).values() if e == cycle.epoch
         )
-    return {
-        "registered": sum(1 for w in workers if w.fcm_token),
-        "workers": len(workers),
-        "available": sum(1 for w in workers if w.in_pool(now)),
-        "slow": sum(1 for w in workers if w.slow),
-        "invited": invited,
-        "assigned": assigned,
-        "last_sends": [_wire(p) for p in ctx.repo.recent_pushes(process.id)],
-    }
-
-
-def _wire(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in record.items()}
+    return PoolReport(
+        workers=len(workers),
+        registered=sum(1 for w in workers if w.fcm_token),
+        available=sum(1 for w in workers if w.in_pool(now)),
+        slow=sum(1 for w in workers if w.slow),
+        invited=invited,
+        assigned=assigned,
+        last_sends=ctx.repo.recent_pushes(process.id),
+    )

@@ -1,0 +1,104 @@
+"""What the use cases answer: domain results that ``firegrid.wire`` renders for HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from firegrid.domain.cycle import Cycle
+from firegrid.domain.model import Assignment, Process
+
+
+@dataclass(frozen=True)
+class Done:
+    """The request did what it asked; nothing more to say."""
+
+
+@dataclass(frozen=True)
+class Empty:
+    """An answer with no content (PyGrid's ``{}``: a speed-test ping or upload)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Authenticated:
+    worker_id: str
+    requires_speed_test: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Offer:
+    """An accepted cycle-request: the worker's place and the key that proves it."""
+
+    process: Process
+    cycle: Cycle
+    assignment: Assignment
+    request_key: str
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    """A payload served from Cloud Storage: the device fetches ``url`` (HTTP 307)."""
+
+    url: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadGrant:
+    """Where a device PUTs a diff too large to send inline, and how."""
+
+    url: str
+    expires_at: datetime
+    headers: Mapping[str, str]
+    """Headers the URL is signed with: the request must carry them."""
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Metrics rows stored."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class Hosted:
+    process_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolReport:
+    workers: int
+    registered: int
+    """Workers with a push token."""
+    available: int
+    slow: int
+    invited: int
+    """Invited into the current cycle's epoch."""
+    assigned: int
+    last_sends: Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessReport:
+    """``admin/status``: a process, its current cycle and its pool."""
+
+    process: Process
+    cycle: Cycle | None
+    assigned: int
+    reported: int
+    pool: PoolReport
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsTable:
+    rows: Sequence[Mapping[str, Any]]
+    csv: bool = False
+    """Rendered in LEAF's CSV layout instead of JSON."""
+
+
+@dataclass(frozen=True)
+class PushSent:
+    record: Mapping[str, Any] = field(default_factory=dict)
+    """What the push log recorded (empty when this key was sent already)."""
