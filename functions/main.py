@@ -15,12 +15,12 @@ from cloudevents.http import CloudEvent
 
 from firegrid import api, wire
 from firegrid.adapters import events
-from firegrid.adapters.transient import is_transient
 from firegrid.domain.changes import entered_closing, joined_pool, newly_reported
 from firegrid.manifest import trigger_pattern
 from firegrid.services import cycles, devices, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.services.results import Empty
+from firegrid.transient import is_transient
 from firegrid.wiring import context
 
 logging.basicConfig(level=os.environ.get("FIREGRID_LOG_LEVEL", "INFO"))

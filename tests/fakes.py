@@ -316,6 +316,21 @@ class FakeRepository:
             record = self._record(process_id, seq)
             return record.assignments.get(worker_id) if record else None
 
+    def update_assignment(
+        self,
+        process_id: str,
+        seq: int,
+        worker_id: str,
+        change: Callable[[Assignment], Assignment | None],
+    ) -> Assignment | None:
+        with self._lock:
+            record = self._record(process_id, seq)
+            current = record.assignments.get(worker_id) if record else None
+            changed = change(current) if current is not None else None
+            if record is not None and changed is not None:
+                record.assignments[worker_id] = changed
+            return changed
+
     def claim_place(
         self,
         process_id: str,

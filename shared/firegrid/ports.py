@@ -75,6 +75,7 @@ class ProcessRepository(Protocol):
 
 WorkerChange = Callable[[Worker], "Worker | None"]
 CycleChange = Callable[[Cycle], "Cycle | None"]
+AssignmentChange = Callable[[Assignment], "Assignment | None"]
 
 
 class WorkerRepository(Protocol):
@@ -126,6 +127,12 @@ class CycleRepository(Protocol):
         ...
 
     def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None: ...
+
+    def update_assignment(
+        self, process_id: str, seq: int, worker_id: str, change: AssignmentChange
+    ) -> Assignment | None:
+        """Apply ``change`` to the stored assignment atomically; None if absent or declined."""
+        ...
 
     def claim_place(
         self,

@@ -255,6 +255,18 @@ def _(result: ProcessReport) -> flask.Response:
             "deadline": _iso(cycle.deadline),
             "assigned": result.assigned,
             "reported": result.reported,
+            "skipped": dict(cycle.skipped),
+            "last_error": cycle.last_error,
+        }
+    previous = None
+    if result.previous is not None:
+        summary = result.previous.summary
+        previous = {
+            "seq": result.previous.seq,
+            "status": result.previous.status.value,
+            "num_diffs": summary.num_diffs if summary else None,
+            "total_samples": summary.total_samples if summary else None,
+            "skipped": dict(result.previous.skipped),
         }
     return _json(
         {
@@ -263,6 +275,7 @@ def _(result: ProcessReport) -> flask.Response:
             "version": process.version,
             "status": process.status.value,
             "current_cycle": current,
+            "previous_cycle": previous,
             "latest_checkpoint": process.latest_checkpoint,
             "checkpoints": list(range(1, process.latest_checkpoint + 1)),
             "pool": {

@@ -348,6 +348,23 @@ def test_a_report_the_rule_refuses_changes_nothing(repo: Repository, setup: str,
     assert repo.get_worker("w1").last_cycle is None
 
 
+def test_a_skipped_diff_no_longer_counts_and_cannot_be_sent_again(repo: Repository) -> None:
+    hosted(repo)
+    repo.save_worker(worker("w1"))
+    repo.claim_place("p1", repo.get_cycle("p1", 1), "w1", T0, None)
+    repo.record_report("p1", 1, "w1", report())
+
+    skipped = repo.update_assignment("p1", 1, "w1", lambda a: a.skip("missing_object"))
+
+    assert skipped is not None and skipped.skipped == "missing_object"
+    assert repo.get_assignment("p1", 1, "w1") == skipped
+    assert repo.count_reported("p1", 1) == 0 and list(repo.reported_assignments("p1", 1)) == []
+    with pytest.raises(Conflict) as again:
+        repo.record_report("p1", 1, "w1", report())
+    assert again.value.code == "diff_skipped"
+    assert repo.update_assignment("p1", 1, "nobody", lambda a: a) is None
+
+
 def test_twin_reports_are_counted_once(repo: Repository) -> None:
     hosted(repo)
     repo.save_worker(worker("w1"))

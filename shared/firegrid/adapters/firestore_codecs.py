@@ -113,6 +113,8 @@ def cycle_doc(cycle: Cycle) -> Document:
         "closing_at": cycle.closing_at,
         "aggregation_runs": cycle.aggregation_runs,
         "resets": cycle.resets,
+        "skipped": dict(cycle.skipped),
+        "last_error": cycle.last_error,
         "num_diffs": summary.num_diffs if summary else None,
         "total_samples": _int64_or_float(summary.total_samples) if summary else None,
         "checkpoint_out": summary.checkpoint_out if summary else None,
@@ -142,6 +144,8 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
         aggregation_runs=data.get("aggregation_runs") or 0,
         resets=data.get("resets") or 0,
         summary=summary,
+        skipped=data.get("skipped") or {},
+        last_error=data.get("last_error"),
     )
 
 
@@ -156,6 +160,7 @@ def assignment_doc(assignment: Assignment) -> Document:
         "reported_at": assignment.reported_at,
         "num_samples": assignment.num_samples,
         "diff_object": assignment.diff_object,
+        "skipped": assignment.skipped,
     }
 
 
@@ -169,6 +174,7 @@ def assignment_from(data: Document) -> Assignment:
         reported_at=data.get("reported_at"),
         num_samples=data.get("num_samples"),
         diff_object=data.get("diff_object"),
+        skipped=data.get("skipped"),
     )
 
 

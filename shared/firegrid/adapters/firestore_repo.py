@@ -230,6 +230,20 @@ class FirestoreRepository:
         snap = self._assignments(process_id, seq).document(worker_id).get()
         return codecs.assignment_from(snap.to_dict() or {}) if snap.exists else None
 
+    def update_assignment(
+        self,
+        process_id: str,
+        seq: int,
+        worker_id: str,
+        change: Callable[[Assignment], Assignment | None],
+    ) -> Assignment | None:
+        return self._update_if(
+            self._assignments(process_id, seq).document(worker_id),
+            codecs.assignment_from,
+            change,
+            codecs.assignment_doc,
+        )
+
     def claim_place(
         self,
         process_id: str,
@@ -283,31 +297,34 @@ class FirestoreRepository:
             return admitted
 
         claim_ref = cycle_ref.collection("report_claims").document(f"{worker_id}-{report.epoch}")
-        self._claim_report(claim_ref, ref)
+        held = self._claim_report(claim_ref, ref)
         try:
             return count(self._db.transaction())
         except BaseException:
-            claim_ref.delete()  # a retry of this report may go ahead
+            if held:
+                claim_ref.delete()  # a retry of this report may go ahead
             raise
 
     def _claim_report(
         self, claim_ref: firestore.DocumentReference, assignment_ref: firestore.DocumentReference
-    ) -> None:
+    ) -> bool:
         """Serialise twins of one report before its transaction: transactions that read and
         then write the same assignment deadlock on the emulator's (and Firestore's) locks.
-        A twin waits for the holder's outcome: counted (409), or released (it goes ahead)."""
+        A twin waits for the holder's outcome: decided (the transaction then says how, with
+        no claim needed: False), or released (it takes the claim: True)."""
         deadline = time.monotonic() + REPORT_CLAIM_WAIT_S
         while True:
             try:
                 claim_ref.create({"at": firestore.SERVER_TIMESTAMP})
-                return
+                return True
             except _EXISTS:
                 pass
             if self._take_stale_claim(claim_ref):
-                return
+                return True
             snap = assignment_ref.get()
-            if snap.exists and snap.get("reported"):
-                raise Conflict("This worker already reported for this cycle", "already_reported")
+            data = snap.to_dict() or {} if snap.exists else {}
+            if data.get("reported") or data.get("skipped"):
+                return False
             if time.monotonic() > deadline:
                 raise Unavailable(
                     "Another copy of this report is still being recorded: send it again",

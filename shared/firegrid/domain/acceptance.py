@@ -22,6 +22,7 @@ class RejectReason(StrEnum):
     NOT_REUSABLE = "not_reusable"
     TOO_SLOW = "too_slow"
     NOT_INVITED = "not_invited"
+    CYCLE_FAILED = "cycle_failed"
 
 
 # A closing cycle opens the next one within seconds; ask again soon.
@@ -47,6 +48,8 @@ def reject(reason: RejectReason, cycle: Cycle, config: ServerConfig, now: dateti
         return Rejection(reason=reason, timeout=None)
     if reason is RejectReason.CYCLE_CLOSING:
         return Rejection(reason=reason, timeout=CLOSING_RETRY_S)
+    if reason is RejectReason.CYCLE_FAILED:  # until an operator acts
+        return Rejection(reason=reason, timeout=config.retry_after)
     return Rejection(reason=reason, timeout=seconds_until(cycle.deadline, now, config.retry_after))
 
 

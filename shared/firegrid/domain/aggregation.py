@@ -151,11 +151,13 @@ RULES: Mapping[Aggregation, Rule] = {
 
 
 def apply_step(checkpoint: Tensors, step: Step, server_lr: float = 1.0) -> StateDict:
-    """The next checkpoint, in the checkpoint's dtypes."""
-    return {
-        name: (old.astype(np.float64) - server_lr * step.delta[name]).astype(old.dtype)
-        for name, old in checkpoint.items()
-    }
+    """The next checkpoint, in the checkpoint's dtypes (values beyond the dtype become
+    infinite; the closing refuses a checkpoint that is not finite)."""
+    with np.errstate(over="ignore"):
+        return {
+            name: (old.astype(np.float64) - server_lr * step.delta[name]).astype(old.dtype)
+            for name, old in checkpoint.items()
+        }
 
 
 def aggregate(

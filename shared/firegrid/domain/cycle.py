@@ -9,7 +9,8 @@ and a bumped ``epoch`` that invalidates the request keys of dropped workers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -20,6 +21,13 @@ class CycleStatus(StrEnum):
     OPEN = "open"
     CLOSING = "closing"
     COMPLETED = "completed"
+    FAILED = "failed"
+    """Aggregation failed ``MAX_AGGREGATION_ATTEMPTS`` times; ``last_error`` says why."""
+
+
+MAX_AGGREGATION_ATTEMPTS = 3
+"""Aggregations of one cycle that may fail (for other reasons than unusable diffs)
+before the cycle is marked ``failed``."""
 
 
 class ProcessStatus(StrEnum):
@@ -50,6 +58,10 @@ class Cycle:
     """Deadlines passed with too few diffs (reset or extended)."""
     summary: CycleSummary | None = None
     """What closing produced; set once the cycle is completed."""
+    skipped: Mapping[str, int] = field(default_factory=dict)
+    """Reported diffs left out at closing because they could not be used, by reason."""
+    last_error: str | None = None
+    """Why the last aggregation failed (shown by ``admin/status``)."""
 
     @property
     def checkpoint(self) -> int:
@@ -81,12 +93,51 @@ class Cycle:
             return self.closing_lease_until <= now
         return self.closing_at is None or self.closing_at + grace <= now
 
-    def complete(self, summary: CycleSummary) -> Cycle | None:
-        """``closing -> completed``, once."""
+    def record_failure(self, error: str, *, max_attempts: int = MAX_AGGREGATION_ATTEMPTS) -> Cycle:
+        """An aggregation failed: the lease is released for the next attempt, or, after
+        ``max_attempts``, the cycle is ``failed`` (it stops being re-driven)."""
+        status = CycleStatus.FAILED if self.aggregation_runs >= max_attempts else self.status
+        return replace(self, status=status, closing_lease_until=None, last_error=error)
+
+    def release_lease(self) -> Cycle:
+        """An aggregation stopped for a passing reason: the next attempt may start at once."""
+        return replace(self, closing_lease_until=None)
+
+    def reopen(
+        self,
+        deadline: datetime | None,
+        skipped: Mapping[str, int],
+        *,
+        drop_unreported: bool,
+    ) -> Cycle | None:
+        """Too few usable diffs were left at closing: the cycle takes reports again, as an
+        expired one would (a new epoch when unreported places are dropped)."""
         if self.status is not CycleStatus.CLOSING:
             return None
         return replace(
-            self, status=CycleStatus.COMPLETED, closing_lease_until=None, summary=summary
+            self,
+            status=CycleStatus.OPEN,
+            deadline=deadline,
+            epoch=self.epoch + 1 if drop_unreported else self.epoch,
+            resets=self.resets + 1,
+            closing_lease_until=None,
+            closing_at=None,
+            skipped=_merged(self.skipped, skipped),
+        )
+
+    def complete(
+        self, summary: CycleSummary, skipped: Mapping[str, int] | None = None
+    ) -> Cycle | None:
+        """``closing -> completed``, once; ``skipped`` counts the diffs it left out."""
+        if self.status is not CycleStatus.CLOSING:
+            return None
+        return replace(
+            self,
+            status=CycleStatus.COMPLETED,
+            closing_lease_until=None,
+            summary=summary,
+            skipped=_merged(self.skipped, skipped or {}),
+            last_error=None,
         )
 
     def reset(
@@ -114,6 +165,13 @@ class CycleSummary:
     total_samples: int
     checkpoint_out: int
     closed_at: datetime
+
+
+def _merged(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    merged = dict(counts)
+    for reason, count in more.items():
+        merged[reason] = merged.get(reason, 0) + count
+    return merged
 
 
 def deadline_for(opened_at: datetime, config: ServerConfig) -> datetime | None:

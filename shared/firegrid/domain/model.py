@@ -135,10 +135,16 @@ class Assignment:
     reported_at: datetime | None = None
     num_samples: int | None = None
     diff_object: str | None = None
+    skipped: str | None = None
+    """Why the reported diff was left out at closing (its object lost or unusable)."""
 
     @property
     def reported(self) -> bool:
         return self.reported_at is not None
+
+    def skip(self, reason: str) -> Assignment:
+        """Closing could not use this diff: it no longer counts, and is not sent again."""
+        return replace(self, reported_at=None, skipped=reason)
 
     def dropped_by_reset(self, epoch: int) -> bool:
         """A reset into ``epoch`` frees the place of a worker that has not reported."""
@@ -170,6 +176,11 @@ class Report:
             )
         if assignment.reported:
             raise Conflict("This worker already reported for this cycle", "already_reported")
+        if assignment.skipped is not None:
+            raise Conflict(
+                "This worker's diff was left out of this cycle; wait for the next one",
+                "diff_skipped",
+            )
         return replace(
             assignment,
             reported_at=self.at,

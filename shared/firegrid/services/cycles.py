@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
+
 from firegrid.domain import blobs
-from firegrid.domain.aggregation import Contribution, aggregate, fedavg_weights
+from firegrid.domain.aggregation import AggregationFailed, Contribution, aggregate, fedavg_weights
 from firegrid.domain.cycle import (
     CycleStatus,
     CycleSummary,
@@ -19,11 +22,15 @@ from firegrid.domain.cycle import (
     is_last_cycle,
     is_ready,
 )
+from firegrid.domain.diffs import validate_diff
+from firegrid.domain.errors import FireGridError, NotFound
+from firegrid.domain.keys import redact
 from firegrid.domain.model import Assignment, Process
 from firegrid.services import pool
 from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
 from firegrid.tensors import decode_state, encode_state
+from firegrid.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -51,49 +58,112 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     """Aggregate a ``closing`` cycle and open the next one; safe to call any number of times.
 
     The one closing path: the cycle trigger calls it when a cycle enters ``closing``,
-    and the tick calls it for a closing cycle nobody is aggregating."""
+    and the tick calls it for a closing cycle nobody is aggregating. It never jams: a
+    diff that cannot be used is left out (and recorded); too few usable diffs reopen the
+    cycle as an expired one would be; any other failure releases the lease for the next
+    attempt, and after ``MAX_AGGREGATION_ATTEMPTS`` the cycle is ``failed``.
+    True if this call completed the cycle.
+    """
     now = ctx.clock.now()
     cycle = ctx.repo.update_cycle(process_id, seq, lambda c: c.take_lease(now, now + CLOSING_LEASE))
     process = ctx.repo.get_process(process_id)
     if cycle is None or process is None:
         return False
+    try:
+        return _aggregate(ctx, process, seq)
+    except Exception as error:
+        if is_transient(error):  # the store or network, briefly: try again soon
+            ctx.repo.update_cycle(process_id, seq, lambda c: c.release_lease())
+            raise
+        reason = f"{type(error).__name__}: {error}"[:500]
+        failed = ctx.repo.update_cycle(process_id, seq, lambda c: c.record_failure(reason))
+        log.error("aggregation of %s/%d failed: %s", process_id, seq, reason)
+        if failed is not None and failed.status is CycleStatus.FAILED:
+            log.error(
+                "cycle %s/%d is failed after %d attempts", process_id, seq, failed.aggregation_runs
+            )
+        return False
+
+
+def _aggregate(ctx: Context, process: Process, seq: int) -> bool:
     config = process.server_config
-    checkpoint = decode_state(ctx.blobs.get(blobs.checkpoint_object(process_id, seq)), "checkpoint")
-    reported = list(ctx.repo.reported_assignments(process_id, seq))
+    checkpoint = decode_state(ctx.blobs.get(blobs.checkpoint_object(process.id, seq)), "checkpoint")
+    reported = list(ctx.repo.reported_assignments(process.id, seq))
     counts = [a.num_samples or 0 for a in reported]
-    updated, step = aggregate(
-        checkpoint,
-        _contributions(ctx, reported, fedavg_weights(counts, config.max_weight_fraction)),
-        method=config.aggregation,
-        server_lr=config.server_lr,
-        trim_fraction=config.trim_fraction,
+    skipped: dict[str, str] = {}
+    contributions = _contributions(
+        ctx, process, reported, fedavg_weights(counts, config.max_weight_fraction), skipped
     )
-    ctx.blobs.put(blobs.checkpoint_object(process_id, seq + 1), encode_state(updated))
-    total_samples = sum(counts)  # a Python int: no overflow whatever the counts
+    try:
+        updated, step = aggregate(
+            checkpoint,
+            contributions,
+            method=config.aggregation,
+            server_lr=config.server_lr,
+            trim_fraction=config.trim_fraction,
+        )
+        usable = step.num_diffs
+    except AggregationFailed:
+        if not skipped:
+            raise
+        updated, usable = {}, 0  # every diff was unusable
+    for worker_id, reason in skipped.items():
+        ctx.repo.update_assignment(process.id, seq, worker_id, _skip(reason))
+    reasons = dict(Counter(skipped.values()))
+    if not has_enough(usable, config):
+        _reopen(ctx, process, seq, reasons)
+        return False
+    _check_finite(updated)
+    ctx.blobs.put(blobs.checkpoint_object(process.id, seq + 1), encode_state(updated))
+    total_samples = sum(a.num_samples or 0 for a in reported if a.worker_id not in skipped)
     summary = CycleSummary(
-        num_diffs=step.num_diffs,
-        total_samples=total_samples,
+        num_diffs=usable,
+        total_samples=total_samples,  # a Python int: no overflow whatever the counts
         checkpoint_out=seq + 1,
         closed_at=ctx.clock.now(),
     )
     next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx)
     progressed = process.after_cycle(seq + 1, next_cycle.seq if next_cycle else None)
-    done = (
-        ctx.repo.complete_cycle(
-            process_id, seq, lambda c: c.complete(summary), next_cycle, progressed
-        )
-        is not None
+    completed = ctx.repo.complete_cycle(
+        process.id, seq, lambda c: c.complete(summary, reasons), next_cycle, progressed
     )
-    if done:
-        _notify(pool.after_cycle_completed, ctx, process_id, seq)
-        log.info(
-            "cycle %s/%d closed: %d diffs, %d samples",
-            process_id,
-            seq,
-            step.num_diffs,
-            total_samples,
+    if completed is None:
+        return False
+    _notify(pool.after_cycle_completed, ctx, process.id, seq)
+    log.info(
+        "cycle %s/%d closed: %d diffs, %d samples, %d skipped",
+        *(process.id, seq, usable, total_samples, len(skipped)),
+    )
+    return True
+
+
+def _skip(reason: str) -> Callable[[Assignment], Assignment | None]:
+    return lambda assignment: assignment.skip(reason) if assignment.reported else None
+
+
+def _check_finite(state: Mapping[str, Any]) -> None:
+    """A checkpoint that is not finite would poison every later cycle: refuse it."""
+    for name, tensor in state.items():
+        if np.issubdtype(tensor.dtype, np.floating) and not np.isfinite(tensor).all():
+            raise AggregationFailed(f"the new checkpoint's '{name}' is not finite")
+
+
+def _reopen(ctx: Context, process: Process, seq: int, skipped: Mapping[str, int]) -> None:
+    """Too few usable diffs: the cycle takes reports again, as at an expired deadline."""
+    config = process.server_config
+    drop = config.on_expiry == "reset"
+    deadline = deadline_for(ctx.clock.now(), config)
+    reopened = ctx.repo.update_cycle(
+        process.id, seq, lambda c: c.reopen(deadline, skipped, drop_unreported=drop)
+    )
+    if reopened is None:
+        return
+    log.warning("cycle %s/%d reopened: too few usable diffs (%s)", process.id, seq, skipped)
+    if drop:
+        dropped = ctx.repo.drop_assignments(
+            process.id, seq, lambda a: a.dropped_by_reset(reopened.epoch)
         )
-    return done
+        _notify(pool.after_cycle_reset, ctx, process.id, seq, dropped)
 
 
 def _notify(send: Callable[..., None], *args: Any) -> None:
@@ -105,12 +175,24 @@ def _notify(send: Callable[..., None], *args: Any) -> None:
 
 
 def _contributions(
-    ctx: Context, reported: list[Assignment], weights: list[float]
+    ctx: Context,
+    process: Process,
+    reported: list[Assignment],
+    weights: list[float],
+    skipped: dict[str, str],
 ) -> Iterator[Contribution]:
-    """Each reported diff, read from storage one at a time."""
+    """Each reported diff, read from storage one at a time; one that is missing, corrupt
+    or does not fit the model is left out and its reason put in ``skipped``."""
     for assignment, weight in zip(reported, weights, strict=True):
-        assert assignment.diff_object is not None
-        diff = decode_state(ctx.blobs.get(assignment.diff_object), "stored diff")
+        try:
+            if assignment.diff_object is None:
+                raise NotFound("the report names no diff object", "missing_object")
+            data = ctx.blobs.get(assignment.diff_object)
+            diff = validate_diff(decode_state(data, "stored diff"), process.schema)
+        except FireGridError as unusable:
+            skipped[assignment.worker_id] = unusable.code
+            log.warning("diff of %s left out: %s", redact(assignment.worker_id), unusable.message)
+            continue
         yield Contribution(diff=diff, weight=weight)
 
 
@@ -150,8 +232,14 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
         return
     now = ctx.clock.now()
     if cycle.status is CycleStatus.CLOSING:
-        if cycle.needs_redrive(now, REDRIVE_GRACE) and close_cycle(ctx, process.id, cycle.seq):
+        if not cycle.needs_redrive(now, REDRIVE_GRACE):
+            return
+        if close_cycle(ctx, process.id, cycle.seq):
             report.redriven.append(label)
+            return
+        after = ctx.repo.get_cycle(process.id, cycle.seq)
+        if after is not None and after.last_error is not None:
+            report.failed.append(label)
         return
     if cycle.status is not CycleStatus.OPEN or not is_expired(cycle, now):
         return

@@ -83,6 +83,8 @@ def request_cycle(ctx: Context, request: api.CycleRequest) -> Offer | Rejection:
     now = ctx.clock.now()
     if process.status is ProcessStatus.COMPLETED:
         return reject(RejectReason.FL_COMPLETED, cycle, config, now)
+    if cycle.status is CycleStatus.FAILED:
+        return reject(RejectReason.CYCLE_FAILED, cycle, config, now)
     if cycle.status is not CycleStatus.OPEN:
         return reject(RejectReason.CYCLE_CLOSING, cycle, config, now)
 

@@ -25,6 +25,9 @@ def status(ctx: Context, query: api.ProcessQuery) -> ProcessReport:
         assigned=assigned,
         reported=reported,
         pool=pool.pool_status(ctx, process, cycle, assigned),
+        previous=ctx.repo.get_cycle(process.id, process.current_cycle - 1)
+        if process.current_cycle > 1
+        else None,
     )
 
 

@@ -89,6 +89,8 @@ class ProcessReport:
     assigned: int
     reported: int
     pool: PoolReport
+    previous: Cycle | None = None
+    """The cycle before the current one: what its closing produced."""
 
 
 @dataclass(frozen=True, kw_only=True)
