@@ -7,6 +7,9 @@ import functools
 
 import numpy as np
 
+from firegrid.domain import blobs
+from firegrid.services.context import Context
+
 State = dict[str, np.ndarray]
 
 
@@ -79,3 +82,18 @@ def document_event(
         "ce-document": path,
     }
     return headers, DocumentEventData.serialize(data)
+
+
+def published(ctx: Context, process_id: str, number: int) -> str:
+    """The object checkpoint ``number`` was published as (named by its aggregation)."""
+    if number == 1:
+        return blobs.checkpoint_object(process_id, 1)
+    summary = ctx.repo.get_cycle(process_id, number - 1).summary
+    assert summary is not None and summary.checkpoint_object is not None
+    return summary.checkpoint_object
+
+
+def checkpoint_writes(ctx: Context, process_id: str, number: int) -> list[str]:
+    """Every write of an aggregated checkpoint ``number``, whichever attempt made it."""
+    prefix = blobs.checkpoint_object(process_id, number).removesuffix(".safetensors") + "-"
+    return [name for name in ctx.blobs.writes if name.startswith(prefix)]

@@ -296,11 +296,13 @@ class FakeRepository:
         process: Process,
     ) -> Cycle | None:
         with self._lock:
+            record = self._record(process_id, seq)
+            changed = change(record.cycle) if record is not None else None
+            if record is None or changed is None:
+                return None
             if next_cycle is not None and (process_id, next_cycle.seq) in self.cycles:
                 raise LookupError(f"cycle {next_cycle.seq} exists already")  # as create() fails
-            changed = self.update_cycle(process_id, seq, change)
-            if changed is None:
-                return None
+            record.cycle = changed
             if next_cycle is not None:
                 self.cycles[(process_id, next_cycle.seq)] = CycleRecord(cycle=next_cycle)
             self.processes[process_id] = dataclasses.replace(

@@ -22,6 +22,10 @@ ADMIN_AUTH_ENV = "FIREGRID_ADMIN_AUTH"
 """``iam``: the admin and tick functions sit behind IAM (the deploy sets it)."""
 LOCAL_STACK_ENV = "FIREGRID_LOCAL_STACK"
 """Set by the local stack: plain-http third-party auth endpoints are allowed there only."""
+CLOSING_LEASE_ENV = "FIREGRID_CLOSING_LEASE_SECONDS"
+"""How long an aggregator's lease lasts unless renewed (default 60; the tests shorten it)."""
+REDRIVE_GRACE_ENV = "FIREGRID_REDRIVE_GRACE_SECONDS"
+"""How long a closing cycle waits for its trigger before the tick aggregates it (default 60)."""
 SEED_ENV = "FIREGRID_SEED"
 """Seeds worker sampling (reproducible invitation draws); unset = fresh randomness."""
 
@@ -56,6 +60,12 @@ class Settings:
     """The local stack's FCM endpoint (``FIREGRID_FCM_URL``); None: FCM itself."""
     storage_emulator_host: str | None = None
     """The Cloud Storage emulator (``STORAGE_EMULATOR_HOST``); None: Cloud Storage itself."""
+    closing_lease_s: float = 60.0
+    """An aggregator's lease, renewed every third of it while it works: a cycle whose
+    aggregator died is re-driven this long after its last renewal (plus a tick)."""
+    redrive_grace_s: float = 60.0
+    """How long a closing cycle no aggregator took up waits for its (late) trigger
+    before the tick aggregates it."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -74,4 +84,13 @@ class Settings:
             seed=int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else None,
             fcm_url=os.environ.get(FCM_URL_ENV) or None,
             storage_emulator_host=os.environ.get(STORAGE_EMULATOR_ENV) or None,
+            closing_lease_s=_seconds(CLOSING_LEASE_ENV, 60.0, least=1.0),
+            redrive_grace_s=_seconds(REDRIVE_GRACE_ENV, 60.0, least=0.0),
         )
+
+
+def _seconds(name: str, default: float, *, least: float) -> float:
+    value = float(os.environ.get(name) or default)
+    if not value >= least:
+        raise ValueError(f"{name} must be at least {least:g} seconds")
+    return value

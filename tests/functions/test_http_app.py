@@ -27,7 +27,7 @@ from firegrid.domain.keys import pseudonym
 from firegrid.services import hosting
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
-from tests.common import document_event
+from tests.common import checkpoint_writes, document_event
 from tests.fakes import fake_settings, make_context
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -429,7 +429,7 @@ def test_a_report_event_marks_the_cycle_closing_and_the_cycle_event_closes_it_on
     assert record.status is CycleStatus.COMPLETED
     assert record.aggregation_runs == 1
     assert ctx.repo.get_process(process_id).current_cycle == 2
-    assert ctx.blobs.writes.count(blobs.checkpoint_object(process_id, 2)) == 1
+    assert len(checkpoint_writes(ctx, process_id, 2)) == 1
 
 
 def test_the_emulators_base64_capture_is_decoded_by_the_router_once() -> None:

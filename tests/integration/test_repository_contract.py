@@ -222,7 +222,8 @@ def test_update_cycle_applies_the_domain_transition_once(repo: Repository) -> No
     assert sum(1 for c in closing if c is not None) == 1
 
     leases = concurrently(
-        8, lambda _: repo.update_cycle("p1", 1, lambda c: c.take_lease(now, now + timedelta(1)))
+        8,
+        lambda _: repo.update_cycle("p1", 1, lambda c: c.take_lease(now, now + timedelta(1), "h")),
     )
     assert sum(1 for c in leases if c is not None) == 1
     stored = repo.get_cycle("p1", 1)
@@ -242,16 +243,29 @@ def test_counters_survive_concurrent_changes(repo: Repository) -> None:
     assert repo.get_cycle("p1", 1).resets == 10
 
 
+def leased(repo: Repository, holder: str) -> None:
+    """Cycle 1 closing, its aggregation lease held by ``holder``."""
+    repo.update_cycle("p1", 1, lambda c: c.begin_closing(T0))
+    repo.update_cycle("p1", 1, lambda c: c.take_lease(T0, T0 + timedelta(minutes=1), holder))
+
+
 def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository) -> None:
     started = hosted(repo)
-    repo.update_cycle("p1", 1, lambda c: c.begin_closing(T0))
-    summary = CycleSummary(num_diffs=2, total_samples=2**70, checkpoint_out=2, closed_at=T0)
+    leased(repo, "h")
+    summary = CycleSummary(
+        num_diffs=2, total_samples=2**70, checkpoint_out=2, closed_at=T0, checkpoint_object="c2"
+    )
     progressed = started.after_cycle(2, 2)
+    overtaken = repo.complete_cycle(
+        "p1", 1, lambda c: c.complete("old", summary), cycle(seq=2), progressed
+    )
 
-    done = repo.complete_cycle("p1", 1, lambda c: c.complete(summary), cycle(seq=2), progressed)
-    again = repo.complete_cycle("p1", 1, lambda c: c.complete(summary), None, progressed)
+    done = repo.complete_cycle(
+        "p1", 1, lambda c: c.complete("h", summary), cycle(seq=2), progressed
+    )
+    again = repo.complete_cycle("p1", 1, lambda c: c.complete("h", summary), None, progressed)
 
-    assert done is not None and again is None
+    assert overtaken is None and done is not None and again is None
     assert repo.get_cycle("p1", 1).status is CycleStatus.COMPLETED
     assert repo.get_cycle("p1", 1).summary == summary  # beyond int64, kept
     assert repo.get_cycle("p1", 2) == cycle(seq=2)
@@ -262,10 +276,12 @@ def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository
 
 def test_the_last_cycle_completes_the_process(repo: Repository) -> None:
     started = hosted(repo)
-    repo.update_cycle("p1", 1, lambda c: c.begin_closing(T0))
+    leased(repo, "h")
     summary = CycleSummary(num_diffs=1, total_samples=3, checkpoint_out=2, closed_at=T0)
 
-    repo.complete_cycle("p1", 1, lambda c: c.complete(summary), None, started.after_cycle(2, None))
+    repo.complete_cycle(
+        "p1", 1, lambda c: c.complete("h", summary), None, started.after_cycle(2, None)
+    )
 
     assert repo.get_process("p1").status is ProcessStatus.COMPLETED
     assert repo.training_processes() == []

@@ -6,13 +6,15 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 
 from firegrid.commands import main as cli
-from firegrid.local._process import is_alive
+from firegrid.local._process import http_probe, is_alive, stop_process_groups
+from firegrid.local.router import STATUS_PATH
 from firegrid.local.stack import (
     StackError,
     StackInfo,
@@ -50,7 +52,9 @@ def test_stack_json_describes_a_live_stack(stack: StackInfo) -> None:
     recorded = json.loads(stack.path.read_text())
 
     assert recorded.keys() >= FIELDS
-    assert set(recorded["pids"]) == {"firestore", "storage", "router", "functions", "fcm"}
+    assert set(recorded["pids"]) == {
+        *("firestore", "storage", "fcm", "supervisor", "router", "functions")
+    }
     assert all(stack.alive().values())
     assert stack.client_env()["FIRESTORE_EMULATOR_HOST"] == recorded["firestore_host"]
 
@@ -127,7 +131,7 @@ def test_stale_file_is_replaced_and_stop_kills_exactly_its_pids(
                                  start_new_session=True)  # fmt: skip
     try:
         info = start_stack(tmp_path, tick_seconds=0.5, threads=4)
-        expected = {"firestore", "storage", "router", "functions", "fcm", "scheduler"}
+        expected = {"firestore", "storage", "fcm", "supervisor", "router", "functions", "scheduler"}
         assert set(info.pids) == expected
         wait_for_log_line(tmp_path / "logs" / "scheduler.log", "tick ->")
 
@@ -141,3 +145,53 @@ def test_stale_file_is_replaced_and_stop_kills_exactly_its_pids(
         bystander.kill()
         bystander.wait()
         stop_stack(tmp_path)
+
+
+def test_what_dies_is_restarted_and_faults_are_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = start_stack(tmp_path, tick_seconds=0.3, threads=4, faults="drop=0.5,duplicate=0.5")
+    for key, value in info.client_env().items():
+        monkeypatch.setenv(key, value)
+    try:
+        functions = info.pids["functions"]
+        stop_process_groups([functions])  # the whole tree: gunicorn's master and worker
+
+        restarted = wait_for_value(lambda: _restarted_pid(tmp_path, functions), 30, "a restart")
+        assert is_alive(restarted) and not is_alive(functions)
+        serving = http_probe(f"{info.base_url}/")
+        wait_for_value(lambda: 1 if serving() else None, 60, "the restarted server")
+        assert cli(["stack", "status", "--dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert f"functions  pid {restarted}" in out and "restarted 1x" in out
+
+        from google.cloud import firestore
+
+        client = firestore.Client()
+        for index in range(20):  # each write is one delivery to on-cycle-written
+            client.document(f"processes/p-faults/cycles/{index + 1}").set({"status": "open"})
+        wait_for_triggers(info, timeout_s=30)
+        injected = requests.get(f"{info.router_url}{STATUS_PATH}", timeout=5).json()["faults"]
+        counts = injected["injected"]
+        assert counts["deliveries"] == 20 and 0 < counts["dropped"] < 20
+        assert counts.get("duplicated", 0) > 0
+        assert cli(["stack", "status", "--dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert f"dropped {counts['dropped']}" in out and "skipped" in out
+    finally:
+        stop_stack(tmp_path)
+
+
+def _restarted_pid(directory: Path, old: int) -> int | None:
+    pid = json.loads((directory / "stack.json").read_text())["pids"]["functions"]
+    return pid if pid != old else None
+
+
+def wait_for_value(read: Callable[[], int | None], timeout_s: float, what: str) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = read()
+        if value is not None:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout_s:.0f} s")

@@ -42,22 +42,32 @@ def test_a_cycle_closes_once_and_one_holder_aggregates() -> None:
     assert closing.closing_at == T0
     assert closing.begin_closing(T0) is None
 
-    leased = closing.take_lease(T0, T0 + timedelta(minutes=2))
+    leased = closing.take_lease(T0, T0 + timedelta(minutes=2), "a")
     assert leased is not None and leased.aggregation_runs == 1
-    assert leased.take_lease(T0 + timedelta(minutes=1), T0) is None  # still held
-    again = leased.take_lease(T0 + timedelta(minutes=2), T0 + timedelta(minutes=4))
+    assert leased.take_lease(T0 + timedelta(minutes=1), T0, "b") is None  # still held
+    again = leased.take_lease(T0 + timedelta(minutes=2), T0 + timedelta(minutes=4), "b")
     assert again is not None and again.aggregation_runs == 2  # expired: re-driven
-    assert OPEN.take_lease(T0, T0) is None
+    assert OPEN.take_lease(T0, T0, "a") is None
 
-    done = again.complete(SUMMARY)
+    # The overtaken holder "a" can no longer renew, complete, fail, release or reopen.
+    assert again.renew_lease("a", T0 + timedelta(hours=1)) is None
+    assert again.complete("a", SUMMARY) is None
+    assert again.record_failure("a", "boom") is None
+    assert again.release_lease("a") is None
+    assert again.reopen("a", None, {}, drop_unreported=True) is None
+    renewed = again.renew_lease("b", T0 + timedelta(minutes=6))
+    assert renewed is not None and renewed.closing_lease_until == T0 + timedelta(minutes=6)
+
+    done = renewed.complete("b", SUMMARY)
     assert done is not None
-    assert (done.status, done.summary, done.closing_lease_until) == (
+    assert (done.status, done.summary, done.closing_lease_until, done.closing_lease_holder) == (
         CycleStatus.COMPLETED,
         SUMMARY,
         None,
+        None,
     )
-    assert done.complete(SUMMARY) is None
-    assert OPEN.complete(SUMMARY) is None
+    assert done.complete("b", SUMMARY) is None
+    assert OPEN.complete("b", SUMMARY) is None
 
 
 def test_a_reset_applies_once_to_the_cycle_it_saw() -> None:

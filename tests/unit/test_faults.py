@@ -3,6 +3,8 @@ ones reopen the cycle, other failures are retried a bounded number of times."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -13,16 +15,18 @@ from google.api_core import exceptions as gexc
 from firegrid.domain import blobs
 from firegrid.domain.cycle import MAX_AGGREGATION_ATTEMPTS, CycleStatus
 from firegrid.domain.errors import Conflict
-from firegrid.services import cycles, devices, operator
+from firegrid.services import cycles, devices, hosting, operator
 from firegrid.services.context import Context
 from firegrid.tensors import encode_state
-from tests.common import State
+from tests.common import State, checkpoint_writes
 from tests.edge import call
+from tests.fakes import fake_settings, make_context
 from tests.unit.test_services import (
     ask,
     checkpoint,
     constant_diff,
     host,
+    host_body,
     join,
     send_report,
 )
@@ -103,7 +107,7 @@ def test_too_few_usable_diffs_reopen_the_cycle(ctx, tiny: Tiny, on_expiry, epoch
     assert (reopened.status, reopened.epoch) == (CycleStatus.OPEN, epoch)
     assert reopened.skipped == {"missing_object": 1}
     assert reopened.deadline == ctx.clock.now() + timedelta(seconds=60)
-    assert blobs.checkpoint_object(process_id, 2) not in ctx.blobs.objects
+    assert checkpoint_writes(ctx, process_id, 2) == []
     assert ctx.repo.count_reported(process_id, 1) == 1  # the usable diff is kept
     if on_expiry == "reset":  # the lost diff's worker may take a place again
         assert ctx.repo.get_assignment(process_id, 1, workers[0]) is None
@@ -116,7 +120,7 @@ def test_a_failing_aggregation_is_retried_then_marked_failed(ctx, tiny: Tiny) ->
 
     assert not cycles.close_cycle(ctx, process_id, 1)  # the cycle trigger's attempt
     for attempt in range(2, MAX_AGGREGATION_ATTEMPTS + 1):  # the tick's re-drives
-        ctx.clock.advance(cycles.REDRIVE_GRACE.total_seconds() + 1)
+        ctx.clock.advance(ctx.settings.redrive_grace_s + 1)
         assert cycles.tick(ctx).failed == ["mnist:1.0#1"]
         assert ctx.repo.get_cycle(process_id, 1).aggregation_runs == attempt
 
@@ -147,7 +151,7 @@ def test_a_checkpoint_that_is_not_finite_is_refused(ctx, tiny: Tiny) -> None:
 
     stored = ctx.repo.get_cycle(process_id, 1)
     assert stored.status is CycleStatus.CLOSING and "not finite" in stored.last_error
-    assert blobs.checkpoint_object(process_id, 2) not in ctx.blobs.objects
+    assert checkpoint_writes(ctx, process_id, 2) == []
 
 
 def test_a_transient_failure_releases_the_lease_for_the_retry(ctx, tiny: Tiny) -> None:
@@ -166,3 +170,96 @@ def test_a_transient_failure_releases_the_lease_for_the_retry(ctx, tiny: Tiny) -
     ctx.blobs.get = get  # the platform redelivers the event: the retry takes the lease at once
     assert cycles.close_cycle(ctx, process_id, 1)
     assert ctx.repo.get_cycle(process_id, 1).aggregation_runs == 2
+
+
+# -- leases: short, renewed, and fencing every write of a closing ------------------
+
+
+def test_an_overtaken_aggregator_changes_nothing(ctx, tiny: Tiny) -> None:
+    process_id, _workers = reported_cycle(ctx, tiny, 2)
+    get = ctx.blobs.get
+    overtaker: list[bool] = []
+
+    def stalls_after_its_first_read(name: str, **kw: Any) -> bytes:
+        data = get(name, **kw)
+        if not overtaker and "/diffs/" in name:  # the first attempt stalls past its lease
+            ctx.clock.advance(ctx.settings.closing_lease_s + 1)
+            ctx.blobs.get = get
+            overtaker.append(cycles.close_cycle(ctx, process_id, 1))
+        return data
+
+    ctx.blobs.get = stalls_after_its_first_read
+    assert not cycles.close_cycle(ctx, process_id, 1)
+
+    assert overtaker == [True]
+    closed = ctx.repo.get_cycle(process_id, 1)
+    assert (closed.status, closed.aggregation_runs) == (CycleStatus.COMPLETED, 2)
+    assert len(checkpoint_writes(ctx, process_id, 2)) == 2  # both attempts wrote their own...
+    kept = [name for name in checkpoint_writes(ctx, process_id, 2) if name in ctx.blobs.objects]
+    assert kept == [closed.summary.checkpoint_object]  # ...the overtaken one deleted its copy
+    old, new = checkpoint(ctx, process_id, 1), checkpoint(ctx, process_id, 2)
+    for tensor in old:  # the FedAvg of 0.1 and 0.2, applied once
+        np.testing.assert_allclose(new[tensor], old[tensor] - 0.15, rtol=1e-5, atol=1e-6)
+    assert ctx.repo.get_process(process_id).current_cycle == 2
+    assert ctx.repo.get_cycle(process_id, 3) is None
+
+
+def test_the_lease_is_renewed_while_the_work_goes_on_and_lost_when_overtaken(tiny) -> None:
+    ctx = make_context(settings=fake_settings(closing_lease_s=0.06))
+    process_id, _ = reported_cycle(ctx, tiny, 1)
+    lease = cycles.Lease(ctx, process_id, 1)
+    assert lease.take() is not None
+    with lease.kept():
+        ctx.clock.advance(10)
+        lease_until = lambda: ctx.repo.get_cycle(process_id, 1).closing_lease_until  # noqa: E731
+        assert wait_for(lambda: lease_until() > ctx.clock.now()), "the lease was not renewed"
+        ctx.clock.advance(10)  # the renewer is starved past its lease; another attempt takes over
+        now = ctx.clock.now()
+        ctx.repo.update_cycle(process_id, 1, lambda c: c.take_lease(now, now, "other"))
+        assert wait_for(lambda: lease_lost(lease)), "the overtaken lease was not noticed"
+    assert ctx.repo.get_cycle(process_id, 1).closing_lease_holder == "other"
+
+
+def test_a_redrive_does_not_hold_up_the_other_processes(ctx, tiny: Tiny) -> None:
+    stuck, _ = reported_cycle(ctx, tiny, 1)
+    other = call(
+        hosting.host_training,
+        ctx,
+        host_body(tiny, cycle_length=60) | {"client_config": {"name": "other", "version": "1"}},
+    )["process_id"]
+    worker_id = call(devices.authenticate, ctx, {"model_name": "other"})["worker_id"]
+    answer = call(devices.request_cycle, ctx, {"worker_id": worker_id, "model": "other"})
+    worker_id, key = worker_id, answer["request_key"]
+    send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
+    ctx.clock.advance(61)  # the stuck closing needs its re-drive; the other's deadline passed
+    get = ctx.blobs.get
+    seen_meanwhile: list[bool] = []
+
+    def slow(name: str, **kw: Any) -> bytes:
+        if stuck in name and not seen_meanwhile:
+            closing = lambda: ctx.repo.get_cycle(other, 1).status is CycleStatus.CLOSING  # noqa: E731
+            seen_meanwhile.append(wait_for(closing))
+        return get(name, **kw)
+
+    ctx.blobs.get = slow
+    report = cycles.tick(ctx)
+
+    assert seen_meanwhile == [True]  # the other deadline was enforced during the re-drive
+    assert report.redriven == ["mnist:1.0#1"] and report.closed == ["other:1#1"]
+
+
+def lease_lost(lease: cycles.Lease) -> bool:
+    try:
+        lease.check()
+    except cycles.LeaseLost:
+        return True
+    return False
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False

@@ -16,8 +16,11 @@ from firegrid.services import cycles, devices, hosting
 from firegrid.services.context import Context
 from firegrid.tensors import decode_state, encode_state
 from firegrid.wire import status_of
-from tests.common import State, b64
+from tests.common import State, b64, checkpoint_writes, published
 from tests.edge import call
+from tests.fakes import fake_settings
+
+LEASE = timedelta(seconds=fake_settings().closing_lease_s)
 
 
 def host_body(tiny: tuple[State, bytes], **server: Any) -> dict[str, Any]:
@@ -90,7 +93,7 @@ def begin_closing(ctx: Context, process_id: str, seq: int) -> bool:
 
 
 def checkpoint(ctx: Context, process_id: str, number: int) -> State:
-    return decode_state(ctx.blobs.get(blobs.checkpoint_object(process_id, number)))
+    return decode_state(ctx.blobs.get(published(ctx, process_id, number)))
 
 
 # -- hosting ------------------------------------------------------------------
@@ -367,7 +370,7 @@ def test_closing_the_same_cycle_twice_aggregates_once(ctx, tiny) -> None:
 
     assert (first, second) == (True, False)
     assert ctx.repo.get_cycle(process_id, 1).aggregation_runs == 1
-    assert ctx.blobs.writes.count(blobs.checkpoint_object(process_id, 2)) == 1
+    assert len(checkpoint_writes(ctx, process_id, 2)) == 1
     assert ctx.repo.get_cycle(process_id, 3) is None
     assert ctx.repo.get_process(process_id).current_cycle == 2
 
@@ -378,15 +381,13 @@ def test_while_an_aggregator_holds_the_lease_nobody_else_closes(ctx, tiny) -> No
     send_report(ctx, worker_id, key, constant_diff(tiny, 0.1))
     now = ctx.clock.now()
     assert begin_closing(ctx, process_id, 1)
-    assert ctx.repo.update_cycle(
-        process_id, 1, lambda c: c.take_lease(now, now + cycles.CLOSING_LEASE)
-    )
+    assert ctx.repo.update_cycle(process_id, 1, lambda c: c.take_lease(now, now + LEASE, "other"))
 
-    ctx.clock.advance(60)
+    ctx.clock.advance(LEASE.total_seconds() - 1)
     assert not cycles.close_cycle(ctx, process_id, 1)
-    assert blobs.checkpoint_object(process_id, 2) not in ctx.blobs.objects
+    assert checkpoint_writes(ctx, process_id, 2) == []
 
-    ctx.clock.advance(cycles.CLOSING_LEASE.total_seconds())
+    ctx.clock.advance(1)
     assert cycles.close_cycle(ctx, process_id, 1)
     assert ctx.repo.get_cycle(process_id, 1).aggregation_runs == 2
 
@@ -490,14 +491,12 @@ def test_the_tick_redrives_a_closing_cycle_once_its_lease_expired(ctx, tiny) -> 
     # An aggregator took the lease and died.
     now = ctx.clock.now()
     assert begin_closing(ctx, process_id, 1)
-    assert ctx.repo.update_cycle(
-        process_id, 1, lambda c: c.take_lease(now, now + cycles.CLOSING_LEASE)
-    )
+    assert ctx.repo.update_cycle(process_id, 1, lambda c: c.take_lease(now, now + LEASE, "dead"))
 
-    ctx.clock.advance(9 * 60)
+    ctx.clock.advance(LEASE.total_seconds() - 1)
     assert tick(ctx).redriven == []
     assert ctx.repo.get_cycle(process_id, 1).status is CycleStatus.CLOSING
-    ctx.clock.advance(60 + 1)
+    ctx.clock.advance(1)
     report = tick(ctx)
 
     assert report.redriven == ["mnist:1.0#1"]

@@ -110,6 +110,8 @@ def cycle_doc(cycle: Cycle) -> Document:
         "deadline": cycle.deadline,
         "start_key": cycle.start_key,
         "closing_lease_until": cycle.closing_lease_until,
+        "closing_lease_holder": cycle.closing_lease_holder,
+        "model_object": cycle.model_object,
         "closing_at": cycle.closing_at,
         "aggregation_runs": cycle.aggregation_runs,
         "resets": cycle.resets,
@@ -119,6 +121,7 @@ def cycle_doc(cycle: Cycle) -> Document:
         "total_samples": _int64_or_float(summary.total_samples) if summary else None,
         "checkpoint_out": summary.checkpoint_out if summary else None,
         "closed_at": summary.closed_at if summary else None,
+        "checkpoint_object": summary.checkpoint_object if summary else None,
     }
 
 
@@ -130,6 +133,7 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
             total_samples=int(data["total_samples"]),
             checkpoint_out=data["checkpoint_out"],
             closed_at=data["closed_at"],
+            checkpoint_object=data.get("checkpoint_object"),
         )
     return Cycle(
         process_id=process_id,
@@ -140,6 +144,8 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
         deadline=data.get("deadline"),
         start_key=data["start_key"],
         closing_lease_until=data.get("closing_lease_until"),
+        closing_lease_holder=data.get("closing_lease_holder"),
+        model_object=data.get("model_object"),
         closing_at=data.get("closing_at"),
         aggregation_runs=data.get("aggregation_runs") or 0,
         resets=data.get("resets") or 0,

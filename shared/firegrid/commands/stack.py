@@ -8,6 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from firegrid.commands._common import CommandError
+from firegrid.local import supervisor
+from firegrid.local.faults import Faults
+from firegrid.local.router import STATUS_PATH
+from firegrid.local.scheduler import STATE_FILE as SCHEDULER_STATE
+from firegrid.local.scheduler import read_counts
 from firegrid.local.stack import DEFAULT_DIR, StackInfo, load_stack, start_stack, stop_stack
 
 
@@ -19,6 +27,9 @@ def register(subparsers: Any) -> None:
     up.add_argument("--tick-seconds", type=float, default=5.0,
                     help="scheduler interval; 0 runs no scheduler (default 5)")  # fmt: skip
     up.add_argument("--threads", type=int, default=32, help="functions server threads")
+    up.add_argument("--faults", default="", metavar="duplicate=P,drop=P,delay=S,reorder=P",
+                    help="make trigger deliveries and ticks misbehave")  # fmt: skip
+    up.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (default 0)")
     up.set_defaults(handler=up_command)
 
     down = verbs.add_parser("down", help="stop exactly the processes `stack up` started")
@@ -40,7 +51,17 @@ def register(subparsers: Any) -> None:
 
 def up_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    info = start_stack(args.dir, tick_seconds=args.tick_seconds, threads=args.threads)
+    try:
+        Faults.parse(args.faults)
+    except ValueError as error:
+        raise CommandError(f"--faults: {error}") from None
+    info = start_stack(
+        args.dir,
+        tick_seconds=args.tick_seconds,
+        threads=args.threads,
+        faults=args.faults,
+        fault_seed=args.fault_seed,
+    )
     print(f"FireGrid stack up in {time.monotonic() - started:.1f} s ({info.path})")
     _print_urls(info)
     return 0
@@ -60,9 +81,28 @@ def status_command(args: argparse.Namespace) -> int:
     print(f"FireGrid stack started {info.started_at:%Y-%m-%d %H:%M:%S %Z} ({info.path})")
     _print_urls(info)
     alive = info.alive()
-    for name, pid in info.pids.items():
-        print(f"  {name:<10} pid {pid:<8} {'alive' if alive[name] else 'DEAD'}")
+    restarts = supervisor.read_state(info.path.parent)
+    for name, pid in info.current_pids().items():
+        restarted = restarts.get(name, {}).get("restarts") or 0
+        note = f"  restarted {restarted}x" if restarted else ""
+        print(f"  {name:<10} pid {pid:<8} {'alive' if alive[name] else 'DEAD'}{note}")
+    if info.faults:
+        _print_faults(info)
     return 0 if all(alive.values()) else 1
+
+
+def _print_faults(info: StackInfo) -> None:
+    """What the router and the scheduler injected so far."""
+    try:
+        injected = requests.get(f"{info.router_url}{STATUS_PATH}", timeout=5).json()["faults"]
+    except (requests.RequestException, ValueError, KeyError):
+        print("    router: unreachable")
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(injected["injected"].items()))
+        print(f"    router: {counts or 'no deliveries yet'}")
+    ticks = read_counts(info.path.parent / SCHEDULER_STATE)
+    if ticks:
+        print(f"    scheduler: {', '.join(f'{k} {v}' for k, v in sorted(ticks.items()))}")
 
 
 def env_command(args: argparse.Namespace) -> int:
@@ -81,4 +121,6 @@ def _print_urls(info: StackInfo) -> None:
         print(f"  fcm        {info.fcm_url}/_fcm/messages")
     print(f"  project    {info.project_id}")
     print(f"  scheduler  {tick}")
+    if info.faults:
+        print(f"  faults     {info.faults} (seed {info.fault_seed})")
     print(f"  logs       {info.log_dir}")

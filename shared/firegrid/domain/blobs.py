@@ -12,8 +12,11 @@ def process_prefix(process_id: str) -> str:
     return f"processes/{process_id}/"
 
 
-def checkpoint_object(process_id: str, number: int) -> str:
-    return f"processes/{process_id}/checkpoints/{number}.safetensors"
+def checkpoint_object(process_id: str, number: int, attempt: str | None = None) -> str:
+    """Checkpoint 1 is the hosted model; an aggregated one is named by the aggregation
+    attempt that wrote it, so an overtaken aggregator never overwrites a published one."""
+    suffix = f"-{attempt}" if attempt else ""
+    return f"processes/{process_id}/checkpoints/{number}{suffix}.safetensors"
 
 
 def plan_object(process_id: str, plan_name: str) -> str:

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
+from firegrid.domain import blobs
 from firegrid.domain.config import ServerConfig
 
 
@@ -50,6 +52,9 @@ class Cycle:
     """Key devices echo as ``cycle_start_request_key`` when invited."""
     closing_lease_until: datetime | None = None
     """While set and in the future, one instance is aggregating this cycle."""
+    closing_lease_holder: str | None = None
+    """The aggregation attempt holding the lease: every write of a closing is fenced by it,
+    so an aggregator overtaken after its lease ran out changes nothing."""
     closing_at: datetime | None = None
     """When the cycle stopped taking reports."""
     aggregation_runs: int = 0
@@ -58,6 +63,9 @@ class Cycle:
     """Deadlines passed with too few diffs (reset or extended)."""
     summary: CycleSummary | None = None
     """What closing produced; set once the cycle is completed."""
+    model_object: str | None = None
+    """The checkpoint this cycle trains from; None: checkpoint ``seq``'s plain name (the
+    hosted model, or a cycle stored before checkpoints were named by their attempt)."""
     skipped: Mapping[str, int] = field(default_factory=dict)
     """Reported diffs left out at closing because they could not be used, by reason."""
     last_error: str | None = None
@@ -68,6 +76,14 @@ class Cycle:
         """The checkpoint this cycle trains from."""
         return self.seq
 
+    @property
+    def model(self) -> str:
+        """The object name of the checkpoint this cycle trains from."""
+        return self.model_object or blobs.checkpoint_object(self.process_id, self.seq)
+
+    def holds_lease(self, holder: str) -> bool:
+        return self.status is CycleStatus.CLOSING and self.closing_lease_holder == holder
+
     # -- transitions: each returns the new cycle, or None when it does not apply --------
 
     def begin_closing(self, now: datetime) -> Cycle | None:
@@ -76,13 +92,24 @@ class Cycle:
             return None
         return replace(self, status=CycleStatus.CLOSING, closing_at=now)
 
-    def take_lease(self, now: datetime, until: datetime) -> Cycle | None:
+    def take_lease(self, now: datetime, until: datetime, holder: str) -> Cycle | None:
         """The aggregation lease of a closing cycle, unless another holder's is still valid."""
         if self.status is not CycleStatus.CLOSING:
             return None
         if self.closing_lease_until is not None and self.closing_lease_until > now:
             return None
-        return replace(self, closing_lease_until=until, aggregation_runs=self.aggregation_runs + 1)
+        return replace(
+            self,
+            closing_lease_until=until,
+            closing_lease_holder=holder,
+            aggregation_runs=self.aggregation_runs + 1,
+        )
+
+    def renew_lease(self, holder: str, until: datetime) -> Cycle | None:
+        """Extend ``holder``'s lease while its work goes on; None once it was overtaken."""
+        if not self.holds_lease(holder):
+            return None
+        return replace(self, closing_lease_until=until)
 
     def needs_redrive(self, now: datetime, grace: timedelta) -> bool:
         """A closing cycle nobody is aggregating: its aggregator's lease ran out, or no
@@ -93,52 +120,59 @@ class Cycle:
             return self.closing_lease_until <= now
         return self.closing_at is None or self.closing_at + grace <= now
 
-    def record_failure(self, error: str, *, max_attempts: int = MAX_AGGREGATION_ATTEMPTS) -> Cycle:
-        """An aggregation failed: the lease is released for the next attempt, or, after
-        ``max_attempts``, the cycle is ``failed`` (it stops being re-driven)."""
+    def record_failure(
+        self, holder: str, error: str, *, max_attempts: int = MAX_AGGREGATION_ATTEMPTS
+    ) -> Cycle | None:
+        """``holder``'s aggregation failed: the lease is released for the next attempt, or,
+        after ``max_attempts``, the cycle is ``failed`` (it stops being re-driven)."""
+        if not self.holds_lease(holder):
+            return None
         status = CycleStatus.FAILED if self.aggregation_runs >= max_attempts else self.status
-        return replace(self, status=status, closing_lease_until=None, last_error=error)
+        return self._released(status=status, last_error=error)
 
-    def release_lease(self) -> Cycle:
-        """An aggregation stopped for a passing reason: the next attempt may start at once."""
-        return replace(self, closing_lease_until=None)
+    def release_lease(self, holder: str) -> Cycle | None:
+        """``holder`` stopped for a passing reason: the next attempt may start at once."""
+        if not self.holds_lease(holder):
+            return None
+        return self._released()
 
     def reopen(
         self,
+        holder: str,
         deadline: datetime | None,
         skipped: Mapping[str, int],
         *,
         drop_unreported: bool,
     ) -> Cycle | None:
-        """Too few usable diffs were left at closing: the cycle takes reports again, as an
-        expired one would (a new epoch when unreported places are dropped)."""
-        if self.status is not CycleStatus.CLOSING:
+        """Too few usable diffs were left at ``holder``'s closing: the cycle takes reports
+        again, as an expired one would (a new epoch when unreported places are dropped)."""
+        if not self.holds_lease(holder):
             return None
-        return replace(
-            self,
+        return self._released(
             status=CycleStatus.OPEN,
             deadline=deadline,
             epoch=self.epoch + 1 if drop_unreported else self.epoch,
             resets=self.resets + 1,
-            closing_lease_until=None,
             closing_at=None,
             skipped=_merged(self.skipped, skipped),
         )
 
     def complete(
-        self, summary: CycleSummary, skipped: Mapping[str, int] | None = None
+        self, holder: str, summary: CycleSummary, skipped: Mapping[str, int] | None = None
     ) -> Cycle | None:
-        """``closing -> completed``, once; ``skipped`` counts the diffs it left out."""
-        if self.status is not CycleStatus.CLOSING:
+        """``closing -> completed``, once, by the lease holder; ``skipped`` counts the diffs
+        it left out."""
+        if not self.holds_lease(holder):
             return None
-        return replace(
-            self,
+        return self._released(
             status=CycleStatus.COMPLETED,
-            closing_lease_until=None,
             summary=summary,
             skipped=_merged(self.skipped, skipped or {}),
             last_error=None,
         )
+
+    def _released(self, **changes: Any) -> Cycle:
+        return replace(self, closing_lease_until=None, closing_lease_holder=None, **changes)
 
     def reset(
         self, seen: Cycle, deadline: datetime | None, *, drop_unreported: bool
@@ -165,6 +199,9 @@ class CycleSummary:
     total_samples: int
     checkpoint_out: int
     closed_at: datetime
+    checkpoint_object: str | None = None
+    """Where checkpoint ``checkpoint_out`` is stored (None: its plain name, in summaries
+    stored before checkpoints were named by their attempt)."""
 
 
 def _merged(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:

@@ -54,6 +54,13 @@ def spawn(
     return process
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
 def log_tail(path: Path, lines: int = 25) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -141,6 +148,11 @@ def stop_process_groups(pids: Iterable[int], grace_s: float = 5.0) -> None:
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
         alive = [pid for pid in alive if is_alive(pid)]
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL what is left of ``pid``'s process group (its leader may be gone already)."""
+    _signal_group(pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

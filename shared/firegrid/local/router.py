@@ -9,10 +9,12 @@ databases/(default)``. The router fixes both and forwards to
 ``<functions-url>/<ID>`` (ID is the function's deployed name) synchronously,
 answering with the function's status, so a failing function shows up here.
 
-``GET /_router/status`` reports in-flight and recent forwards, so tests and
-``wipe`` can wait until the deliveries a write caused have been handled.
+``GET /_router/status`` reports in-flight and recent forwards (and the faults
+injected), so tests and ``wipe`` can wait until the deliveries a write caused have
+been handled.
 
-Run: ``python -m firegrid.local.router --port P --functions-url URL --project ID``.
+Run: ``python -m firegrid.local.router --port P --functions-url URL --project ID
+[--faults duplicate=P,drop=P,delay=S,reorder=P --fault-seed N]``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
 import json
 import logging
 import re
@@ -35,6 +38,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from firegrid.domain.keys import redact
+from firegrid.local.faults import HOLD_MAX_S, Faults, Injector
 
 PROTOBUF = "application/protobuf"
 JSON = "application/json"
@@ -106,16 +110,29 @@ def redact_path(path: str) -> str:
 
 
 class TriggerRouter:
-    """WSGI app that forwards emulator trigger deliveries to the functions."""
+    """WSGI app that forwards emulator trigger deliveries to the functions.
 
-    def __init__(self, functions_url: str, project_id: str, post: Post | None = None) -> None:
+    Without faults each delivery is forwarded synchronously and answered with the
+    function's status. With faults (``firegrid.local.faults``) a delivery is accepted at
+    once and forwarded later, as Eventarc does: dropped, duplicated, delayed or held
+    back behind the next one, as the injector draws."""
+
+    def __init__(
+        self,
+        functions_url: str,
+        project_id: str,
+        post: Post | None = None,
+        injector: Injector | None = None,
+    ) -> None:
         self.functions_url = functions_url.rstrip("/")
         self.project_id = project_id
         self._post = post or _post_with_requests()
+        self._injector = injector
         self._lock = threading.Lock()
         self._in_flight = 0
         self._total = 0
         self._recent: deque[Forward] = deque(maxlen=500)
+        self._held: list[Callable[[], None]] = []
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -127,11 +144,15 @@ class TriggerRouter:
             match = TRIGGER_PATH.match(request.path)
             if request.method != "POST" or match is None:
                 response = Response("not a trigger delivery\n", status=404)
+            elif self._injector is not None:
+                response = self._deliver_with_faults(self._injector, match["trigger"], request)
             else:
-                response = self._forward(match["trigger"], request)
+                with self._lock:
+                    self._in_flight += 1
+                response = self._send(match["trigger"], *self._production_event(request))
         return response(environ, start_response)
 
-    def _forward(self, trigger: str, request: Request) -> Response:
+    def _production_event(self, request: Request) -> tuple[dict[str, str], bytes]:
         data, content_type = decode_body(request.get_data(), request.content_type or "")
         headers = {
             key.lower(): value
@@ -142,8 +163,10 @@ class TriggerRouter:
         project_id = headers.get("ce-project", self.project_id)
         headers["ce-source"] = production_source(project_id, database)
         headers["Content-Type"] = content_type
-        with self._lock:
-            self._in_flight += 1
+        return headers, data
+
+    def _send(self, trigger: str, headers: dict[str, str], data: bytes) -> Response:
+        """Post one delivery (already counted in flight) to its function."""
         started = time.monotonic()
         try:
             status, body, body_type = self._post(f"{self.functions_url}/{trigger}", headers, data)
@@ -166,14 +189,70 @@ class TriggerRouter:
         )
         return Response(body, status=status, content_type=body_type or None)
 
+    def _deliver_with_faults(self, injector: Injector, trigger: str, request: Request) -> Response:
+        headers, data = self._production_event(request)
+        fate = injector.fate()
+        for index, delay in enumerate(fate.copies):
+            with self._lock:
+                self._in_flight += 1
+            send = functools.partial(self._send_then_release, trigger, headers, data)
+            if fate.held and index == 0:
+                self._hold(send, delay)
+            else:
+                _later(delay, send)
+        if not fate.copies:
+            log.info("%s %s dropped (fault)", trigger, redact_path(headers.get("ce-subject", "")))
+        return Response("accepted\n", status=200)
+
+    def _hold(self, send: Callable[[], None], delay: float) -> None:
+        """Send ``send`` once a later delivery has gone out (at most ``HOLD_MAX_S`` on)."""
+        once = _Once(send)
+        with self._lock:
+            self._held.append(once)
+        _later(delay + HOLD_MAX_S, once)
+
+    def _send_then_release(self, trigger: str, headers: dict[str, str], data: bytes) -> None:
+        self._send(trigger, headers, data)
+        with self._lock:
+            held, self._held = self._held, []
+        for send in held:
+            _later(0.0, send)
+
     def _status(self) -> Response:
         with self._lock:
-            state = {
+            state: dict[str, Any] = {
                 "in_flight": self._in_flight,
                 "total": self._total,
                 "recent": [asdict(forward) for forward in self._recent],
             }
+        if self._injector is not None:
+            state["faults"] = {
+                "spec": str(self._injector.faults),
+                "injected": dict(self._injector.injected),
+            }
         return Response(json.dumps(state), content_type=JSON)
+
+
+class _Once:
+    """A callable that runs its function the first time it is called, never again."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function = function
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._function()
+
+
+def _later(delay_s: float, function: Callable[[], None]) -> None:
+    timer = threading.Timer(delay_s, function)
+    timer.daemon = True
+    timer.start()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -188,9 +267,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--functions-url", required=True)
     parser.add_argument("--project", required=True)
+    parser.add_argument("--faults", default="", help="duplicate=P,drop=P,delay=SECONDS,reorder=P")
+    parser.add_argument("--fault-seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        faults = Faults.parse(args.faults)
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    app = TriggerRouter(args.functions_url, args.project)
+    injector = Injector(faults, args.fault_seed) if faults else None
+    app = TriggerRouter(args.functions_url, args.project, injector=injector)
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=_QuietHandler)
     log.info("routing triggers on 127.0.0.1:%d to %s", args.port, args.functions_url)
     server.serve_forever()

@@ -21,19 +21,21 @@ from typing import Any, NamedTuple
 
 import requests
 
-from firegrid.local import fcm_endpoint, firestore_emulator, storage_emulator
+from firegrid.local import fcm_endpoint, firestore_emulator, storage_emulator, supervisor
 from firegrid.local._process import (
     HOST,
     StackError,
     free_port,
     http_probe,
     is_alive,
-    log_tail,
     spawn,
     stop_process_groups,
     wait_until_ready,
+    write_atomically,
 )
+from firegrid.local.faults import Faults
 from firegrid.local.router import STATUS_PATH
+from firegrid.local.scheduler import STATE_FILE as SCHEDULER_STATE
 from firegrid.manifest import FUNCTIONS
 from firegrid.settings import (
     ADMIN_TOKEN_ENV,
@@ -78,7 +80,11 @@ class StackInfo:
     """Local FCM endpoint, ``http://127.0.0.1:P``; empty in a ``stack.json`` from before it."""
     tick_seconds: float
     """Scheduler interval; 0 means no scheduler runs."""
+    faults: str = ""
+    """Faults the router and scheduler inject (``duplicate=P,drop=P,delay=S,reorder=P``)."""
+    fault_seed: int = 0
     pids: dict[str, int]
+    """Each server's own pid, kept current by the supervisor when it restarts one."""
     started_at: datetime
     log_dir: str
     source: str
@@ -98,7 +104,14 @@ class StackInfo:
         } | ({FCM_URL_ENV: self.fcm_url} if self.fcm_url else {})
 
     def alive(self) -> dict[str, bool]:
-        return {name: is_alive(pid) for name, pid in self.pids.items()}
+        return {name: is_alive(pid) for name, pid in self.current_pids().items()}
+
+    def current_pids(self) -> dict[str, int]:
+        """``pids`` as the supervisor last wrote them (a restart changes a pid)."""
+        try:
+            return load_stack(self.path.parent).pids
+        except StackError:
+            return self.pids
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
@@ -132,12 +145,18 @@ def start_stack(
     *,
     project_id: str = DEFAULT_PROJECT,
     source: Path = DEFAULT_SOURCE,
+    faults: str = "",
+    fault_seed: int = 0,
 ) -> StackInfo:
     """Start every server, wire the triggers, write ``stack.json``; return its contents.
 
-    Refuses while a stack recorded in ``directory`` still runs; on any failure
-    stops what it started before raising ``StackError``.
+    The emulators run on their own; the functions server, the trigger router and the
+    scheduler run under a supervisor that restarts them when they die. ``faults``
+    (``duplicate=P,drop=P,delay=S,reorder=P``) makes the router and the scheduler
+    misbehave as the platform may. Refuses while a stack recorded in ``directory``
+    still runs; on any failure stops what it started before raising ``StackError``.
     """
+    Faults.parse(faults)  # refuse a bad spec before starting anything
     directory = Path(directory).resolve()
     _refuse_if_running(directory)
     java = firestore_emulator.find_java()
@@ -162,30 +181,35 @@ def start_stack(
         router_url=f"http://{HOST}:{router_port}",
         fcm_url=f"http://{HOST}:{fcm_port}",
         tick_seconds=tick_seconds,
+        faults=faults,
+        fault_seed=fault_seed,
         pids={},
         started_at=datetime.now(UTC),
         log_dir=str(log_dir),
         source=str(Path(source).resolve()),
         path=directory / STACK_FILE,
     )
-    servers = _servers(info, java, jar, threads)
+    servers = _servers(info, java, jar)
+    supervised = _supervised(info, threads)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, server in servers.items():
             processes[name] = spawn(name, server.argv, log_dir, server.env)
-        for name, server in servers.items():
+        processes["supervisor"] = _start_supervisor(info, supervised, log_dir)
+        waits = [(name, processes[name], server) for name, server in servers.items()]
+        waits += [(name, processes["supervisor"], server) for name, server in supervised.items()]
+        for name, process, server in waits:
             log_path = log_dir / f"{name}.log"
-            wait_until_ready(name, processes[name], server.probe, log_path, server.ready_within_s)
+            wait_until_ready(name, process, server.probe, log_path, server.ready_within_s)
             if name == "firestore":
                 # A fresh JVM answers its first requests slowly (~0.6 s);
                 # register while the functions server is still importing.
                 firestore_emulator.register_triggers(info.firestore_host, project_id, FUNCTIONS)
         storage_emulator.create_bucket(info.storage_host, project_id, bucket)
-        if tick_seconds > 0:
-            processes["scheduler"] = _start_scheduler(info, log_dir)
-        info = replace(info, pids={name: process.pid for name, process in processes.items()})
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_atomically(info.path, info.to_json())
+        pids = {name: process.pid for name, process in processes.items()}
+        pids |= {name: _supervised_pid(directory, name) for name in supervised}
+        info = replace(info, pids=pids)
+        write_atomically(info.path, info.to_json())
     except BaseException:
         stop_process_groups(process.pid for process in processes.values())
         raise
@@ -199,22 +223,14 @@ class _Server(NamedTuple):
     ready_within_s: float
 
 
-def _servers(info: StackInfo, java: str, jar: Path, threads: int) -> dict[str, _Server]:
-    """How to start each server and tell it is ready, in the order to wait for them."""
-    python = sys.executable
-    router_port = _port(info.router_url)
+def _servers(info: StackInfo, java: str, jar: Path) -> dict[str, _Server]:
+    """The emulators: how to start each and tell it is ready, in the order to wait."""
     # fmt: off
     firestore = firestore_emulator.command(
         java, jar, port=_port(info.firestore_host), project_id=info.project_id,
-        functions_host=f"{HOST}:{router_port}",
+        functions_host=f"{HOST}:{_port(info.router_url)}",
     )
-    router = [python, "-m", "firegrid.local.router", "--port", str(router_port),
-              "--functions-url", info.base_url, "--project", info.project_id]
-    fcm = [python, "-m", "firegrid.local.fcm_endpoint", "--port", str(_port(info.fcm_url))]
-    functions = [python, "-m", "firegrid.local.functions_server",
-                 "--port", str(_port(info.base_url)), "--source", info.source,
-                 "--threads", str(threads)]
-    functions_env = {**os.environ, **info.client_env(), "PYTHONUNBUFFERED": "1"}
+    fcm = [sys.executable, "-m", "firegrid.local.fcm_endpoint", "--port", str(_port(info.fcm_url))]
     return {
         "firestore": _Server(firestore, None,
                              http_probe(f"http://{info.firestore_host}/", "Ok"), FIRESTORE_READY_S),
@@ -222,26 +238,60 @@ def _servers(info: StackInfo, java: str, jar: Path, threads: int) -> dict[str, _
                            http_probe(f"{info.storage_host}/storage/v1/b"), SERVER_READY_S),
         "fcm": _Server(fcm, None,
                        http_probe(f"{info.fcm_url}{fcm_endpoint.MESSAGES_PATH}"), SERVER_READY_S),
-        "router": _Server(router, None,
-                          http_probe(f"{info.router_url}{STATUS_PATH}"), SERVER_READY_S),
-        "functions": _Server(functions, functions_env,
-                             http_probe(f"{info.base_url}/"), SERVER_READY_S),
     }
     # fmt: on
 
 
+def _supervised(info: StackInfo, threads: int) -> dict[str, _Server]:
+    """What the supervisor runs and restarts (the platform's part), and how to tell
+    each is ready; the scheduler has no probe (it only calls out)."""
+    python = sys.executable
+    faults = ["--faults", info.faults, "--fault-seed", str(info.fault_seed)] if info.faults else []
+    # fmt: off
+    router = [python, "-m", "firegrid.local.router", "--port", str(_port(info.router_url)),
+              "--functions-url", info.base_url, "--project", info.project_id, *faults]
+    functions = [python, "-m", "firegrid.local.functions_server",
+                 "--port", str(_port(info.base_url)), "--source", info.source,
+                 "--threads", str(threads)]
+    servers = {
+        "router": _Server(router, None, http_probe(f"{info.router_url}{STATUS_PATH}"),
+                          SERVER_READY_S),
+        "functions": _Server(functions, None, http_probe(f"{info.base_url}/"), SERVER_READY_S),
+    }
+    if info.tick_seconds > 0:
+        scheduler = [python, "-m", "firegrid.local.scheduler", "--url", f"{info.base_url}/tick",
+                     "--interval", str(info.tick_seconds),
+                     "--state", str(info.path.parent / SCHEDULER_STATE), *faults]
+        servers["scheduler"] = _Server(scheduler, None, lambda: True, SERVER_READY_S)
+    # fmt: on
+    return servers
+
+
+def _start_supervisor(
+    info: StackInfo, children: dict[str, _Server], log_dir: Path
+) -> subprocess.Popen[bytes]:
+    """The supervisor, with the environment its children need (the admin token stays
+    out of every command line)."""
+    argv = [sys.executable, "-m", "firegrid.local.supervisor",
+            "--dir", str(info.path.parent), "--log-dir", str(log_dir)]  # fmt: skip
+    for name, child in children.items():
+        argv += ["--child", name, json.dumps(child.argv)]
+    env = {**os.environ, **info.client_env(), "PYTHONUNBUFFERED": "1"}
+    return spawn("supervisor", argv, log_dir, env)
+
+
+def _supervised_pid(directory: Path, name: str, timeout_s: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = supervisor.read_state(directory).get(name, {}).get("pid")
+        if pid:
+            return pid
+        time.sleep(0.05)
+    raise StackError(f"the supervisor did not report {name}'s pid within {timeout_s:.0f} s")
+
+
 def _port(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
-
-
-def _start_scheduler(info: StackInfo, log_dir: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "firegrid.local.scheduler",
-            "--url", f"{info.base_url}/tick", "--interval", str(info.tick_seconds)]  # fmt: skip
-    process = spawn("scheduler", argv, log_dir, {**os.environ, ADMIN_TOKEN_ENV: info.admin_token})
-    time.sleep(0.2)
-    if process.poll() is not None:
-        raise StackError(f"scheduler exited at once:\n{log_tail(log_dir / 'scheduler.log')}")
-    return process
 
 
 def _refuse_if_running(directory: Path) -> None:
@@ -255,12 +305,6 @@ def _refuse_if_running(directory: Path) -> None:
         )
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 def stop_stack(directory: Path = DEFAULT_DIR) -> StackInfo | None:
     """Stop exactly the processes recorded in ``stack.json`` and remove it.
 
@@ -270,8 +314,11 @@ def stop_stack(directory: Path = DEFAULT_DIR) -> StackInfo | None:
         info = load_stack(directory)
     except StackError:
         return None
-    stop_process_groups(info.pids.values())
+    # The supervisor first, so it stops its children instead of restarting them.
+    stop_process_groups([info.pids["supervisor"]] if "supervisor" in info.pids else [])
+    stop_process_groups(info.current_pids().values())
     info.path.unlink(missing_ok=True)
+    (info.path.parent / supervisor.STATE_FILE).unlink(missing_ok=True)
     return info
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -14,6 +18,7 @@ import numpy as np
 from firegrid.domain import blobs
 from firegrid.domain.aggregation import AggregationFailed, Contribution, aggregate, fedavg_weights
 from firegrid.domain.cycle import (
+    Cycle,
     CycleStatus,
     CycleSummary,
     deadline_for,
@@ -34,11 +39,6 @@ from firegrid.transient import is_transient
 
 log = logging.getLogger(__name__)
 
-# Longer than any aggregation we run in one invocation (event functions stop at 9 min).
-CLOSING_LEASE = timedelta(minutes=10)
-REDRIVE_GRACE = timedelta(seconds=60)
-"""How long a closing cycle waits for its trigger before the tick aggregates it."""
-
 
 def on_report(ctx: Context, process_id: str, seq: int) -> bool:
     """After a report: mark the cycle ``closing`` if it is full (its trigger then
@@ -58,36 +58,97 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     """Aggregate a ``closing`` cycle and open the next one; safe to call any number of times.
 
     The one closing path: the cycle trigger calls it when a cycle enters ``closing``,
-    and the tick calls it for a closing cycle nobody is aggregating. It never jams: a
-    diff that cannot be used is left out (and recorded); too few usable diffs reopen the
-    cycle as an expired one would be; any other failure releases the lease for the next
-    attempt, and after ``MAX_AGGREGATION_ATTEMPTS`` the cycle is ``failed``.
-    True if this call completed the cycle.
+    and the tick calls it for a closing cycle nobody is aggregating. Each call is an
+    attempt with its own lease, renewed while it works; every write it makes is fenced
+    by that lease, so an attempt overtaken after its lease ran out changes nothing.
+    It never jams: a diff that cannot be used is left out (and recorded); too few usable
+    diffs reopen the cycle as an expired one would be; any other failure releases the
+    lease for the next attempt, and after ``MAX_AGGREGATION_ATTEMPTS`` the cycle is
+    ``failed``. True if this call completed the cycle.
     """
-    now = ctx.clock.now()
-    cycle = ctx.repo.update_cycle(process_id, seq, lambda c: c.take_lease(now, now + CLOSING_LEASE))
+    lease = Lease(ctx, process_id, seq)
+    cycle = lease.take()
     process = ctx.repo.get_process(process_id)
     if cycle is None or process is None:
         return False
-    try:
-        return _aggregate(ctx, process, seq)
-    except Exception as error:
-        if is_transient(error):  # the store or network, briefly: try again soon
-            ctx.repo.update_cycle(process_id, seq, lambda c: c.release_lease())
-            raise
-        reason = f"{type(error).__name__}: {error}"[:500]
-        failed = ctx.repo.update_cycle(process_id, seq, lambda c: c.record_failure(reason))
-        log.error("aggregation of %s/%d failed: %s", process_id, seq, reason)
-        if failed is not None and failed.status is CycleStatus.FAILED:
-            log.error(
-                "cycle %s/%d is failed after %d attempts", process_id, seq, failed.aggregation_runs
-            )
-        return False
+    with lease.kept():
+        try:
+            return _aggregate(ctx, process, cycle, lease)
+        except LeaseLost:
+            log.warning("aggregation of %s/%d overtaken: it changes nothing", process_id, seq)
+            return False
+        except Exception as error:
+            if is_transient(error):  # the store or network, briefly: try again soon
+                lease.update(lambda c: c.release_lease(lease.holder))
+                raise
+            _record_failure(lease, f"{type(error).__name__}: {error}"[:500])
+            return False
 
 
-def _aggregate(ctx: Context, process: Process, seq: int) -> bool:
-    config = process.server_config
-    checkpoint = decode_state(ctx.blobs.get(blobs.checkpoint_object(process.id, seq)), "checkpoint")
+class LeaseLost(Exception):
+    """Another aggregation attempt took the lease: this one must write nothing more."""
+
+
+class Lease:
+    """One aggregation attempt's lease on a closing cycle, renewed in the background every
+    third of its length while the work goes on (a dead attempt stops renewing, so its
+    cycle is re-driven one lease after its last renewal)."""
+
+    def __init__(self, ctx: Context, process_id: str, seq: int) -> None:
+        self.ctx, self.process_id, self.seq = ctx, process_id, seq
+        self.holder = secrets.token_hex(8)
+        self.length = timedelta(seconds=ctx.settings.closing_lease_s)
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+
+    def take(self) -> Cycle | None:
+        now = self.ctx.clock.now()
+        return self.update(lambda c: c.take_lease(now, now + self.length, self.holder))
+
+    def update(self, change: Callable[[Cycle], Cycle | None]) -> Cycle | None:
+        return self.ctx.repo.update_cycle(self.process_id, self.seq, change)
+
+    def check(self) -> None:
+        if self._lost.is_set():
+            raise LeaseLost
+
+    @contextmanager
+    def kept(self) -> Iterator[Lease]:
+        renewer = threading.Thread(target=self._renew, name="lease-renewer", daemon=True)
+        renewer.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            renewer.join()
+
+    def _renewed(self, cycle: Cycle) -> Cycle | None:
+        return cycle.renew_lease(self.holder, self.ctx.clock.now() + self.length)
+
+    def _renew(self) -> None:
+        every = self.length.total_seconds() / 3
+        while not self._stop.wait(every):
+            try:
+                if self.update(self._renewed) is None:
+                    self._lost.set()
+                    return
+            except Exception:  # a missed renewal is retried; the lease outlasts two of them
+                log.warning("renewing the lease of %s/%d failed", self.process_id, self.seq)
+
+
+def _record_failure(lease: Lease, reason: str) -> None:
+    failed = lease.update(lambda c: c.record_failure(lease.holder, reason))
+    log.error("aggregation of %s/%d failed: %s", lease.process_id, lease.seq, reason)
+    if failed is not None and failed.status is CycleStatus.FAILED:
+        log.error(
+            "cycle %s/%d is failed after %d attempts",
+            *(lease.process_id, lease.seq, failed.aggregation_runs),
+        )
+
+
+def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease) -> bool:
+    config, seq = process.server_config, cycle.seq
+    checkpoint = decode_state(ctx.blobs.get(cycle.model), "checkpoint")
     reported = list(ctx.repo.reported_assignments(process.id, seq))
     counts = [a.num_samples or 0 for a in reported]
     skipped: dict[str, str] = {}
@@ -107,28 +168,37 @@ def _aggregate(ctx: Context, process: Process, seq: int) -> bool:
         if not skipped:
             raise
         updated, usable = {}, 0  # every diff was unusable
+    lease.check()
     for worker_id, reason in skipped.items():
         ctx.repo.update_assignment(process.id, seq, worker_id, _skip(reason))
     reasons = dict(Counter(skipped.values()))
     if not has_enough(usable, config):
-        _reopen(ctx, process, seq, reasons)
+        _reopen(ctx, process, lease, reasons)
         return False
     _check_finite(updated)
-    ctx.blobs.put(blobs.checkpoint_object(process.id, seq + 1), encode_state(updated))
+    lease.check()
+    published = blobs.checkpoint_object(process.id, seq + 1, lease.holder)
+    ctx.blobs.put(published, encode_state(updated))
     total_samples = sum(a.num_samples or 0 for a in reported if a.worker_id not in skipped)
     summary = CycleSummary(
         num_diffs=usable,
         total_samples=total_samples,  # a Python int: no overflow whatever the counts
         checkpoint_out=seq + 1,
         closed_at=ctx.clock.now(),
+        checkpoint_object=published,
     )
-    next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx)
+    next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx, published)
     progressed = process.after_cycle(seq + 1, next_cycle.seq if next_cycle else None)
     completed = ctx.repo.complete_cycle(
-        process.id, seq, lambda c: c.complete(summary, reasons), next_cycle, progressed
+        process.id,
+        seq,
+        lambda c: c.complete(lease.holder, summary, reasons),
+        next_cycle,
+        progressed,
     )
-    if completed is None:
-        return False
+    if completed is None:  # overtaken between the last check and the commit
+        ctx.blobs.delete(published)
+        raise LeaseLost
     _notify(pool.after_cycle_completed, ctx, process.id, seq)
     log.info(
         "cycle %s/%d closed: %d diffs, %d samples, %d skipped",
@@ -148,16 +218,16 @@ def _check_finite(state: Mapping[str, Any]) -> None:
             raise AggregationFailed(f"the new checkpoint's '{name}' is not finite")
 
 
-def _reopen(ctx: Context, process: Process, seq: int, skipped: Mapping[str, int]) -> None:
+def _reopen(ctx: Context, process: Process, lease: Lease, skipped: Mapping[str, int]) -> None:
     """Too few usable diffs: the cycle takes reports again, as at an expired deadline."""
-    config = process.server_config
+    config, seq = process.server_config, lease.seq
     drop = config.on_expiry == "reset"
     deadline = deadline_for(ctx.clock.now(), config)
-    reopened = ctx.repo.update_cycle(
-        process.id, seq, lambda c: c.reopen(deadline, skipped, drop_unreported=drop)
+    reopened = lease.update(
+        lambda c: c.reopen(lease.holder, deadline, skipped, drop_unreported=drop)
     )
     if reopened is None:
-        return
+        raise LeaseLost
     log.warning("cycle %s/%d reopened: too few usable diffs (%s)", process.id, seq, skipped)
     if drop:
         dropped = ctx.repo.drop_assignments(
@@ -207,54 +277,78 @@ class TickReport:
 
 
 def tick(ctx: Context) -> TickReport:
-    """Enforce deadlines and re-drive stuck closings, for every training process."""
+    """Enforce deadlines and re-drive stuck closings, for every training process.
+
+    Re-drives run on one background thread (one aggregation in memory at a time), so a
+    long aggregation does not hold up the other processes' deadlines and invitations;
+    the tick answers once they are done too."""
     report = TickReport()
-    for process in ctx.repo.training_processes():
-        label = f"{process.name}:{process.version}#{process.current_cycle}"
-        try:
-            _tick_process(ctx, process, label, report)
-        except Exception:  # one broken process must not stop the others' deadlines
-            log.exception("tick failed for %s", label)
-            report.failed.append(label)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="redrive") as redrives:
+        pending: list[tuple[str, Future[bool]]] = []
+        for process in ctx.repo.training_processes():
+            label = f"{process.name}:{process.version}#{process.current_cycle}"
+            try:
+                redrive = _tick_process(ctx, process, label, report)
+                if redrive is not None:
+                    pending.append((label, redrives.submit(_redrive, ctx, process.id, redrive)))
+            except Exception:  # one broken process must not stop the others' deadlines
+                log.exception("tick failed for %s", label)
+                report.failed.append(label)
+        for label, outcome in pending:
+            try:
+                if outcome.result():
+                    report.redriven.append(label)
+            except Exception:
+                log.exception("re-driving %s failed", label)
+                report.failed.append(label)
     return report
 
 
-def _tick_process(ctx: Context, process: Process, label: str, report: TickReport) -> None:
-    _enforce_deadline(ctx, process, label, report)
+def _redrive(ctx: Context, process_id: str, seq: int) -> bool:
+    """True if this attempt completed the closing, False if another attempt holds it;
+    raises if it failed."""
+    if close_cycle(ctx, process_id, seq):
+        return True
+    after = ctx.repo.get_cycle(process_id, seq)
+    if after is not None and after.last_error is not None:
+        raise AggregationFailed(after.last_error)
+    return False
+
+
+def _tick_process(ctx: Context, process: Process, label: str, report: TickReport) -> int | None:
+    """The process's tick work; the number of a closing cycle to re-drive, if any."""
+    redrive = _enforce_deadline(ctx, process, label, report)
     # Catches what triggers missed: pools that filled up, availability that lapsed.
     if pool.invite(ctx, process.id):
         report.invited.append(label)
+    return redrive
 
 
-def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickReport) -> None:
+def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickReport) -> int | None:
     cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
     if cycle is None:
-        return
+        return None
     now = ctx.clock.now()
     if cycle.status is CycleStatus.CLOSING:
-        if not cycle.needs_redrive(now, REDRIVE_GRACE):
-            return
-        if close_cycle(ctx, process.id, cycle.seq):
-            report.redriven.append(label)
-            return
-        after = ctx.repo.get_cycle(process.id, cycle.seq)
-        if after is not None and after.last_error is not None:
-            report.failed.append(label)
-        return
-    if cycle.status is not CycleStatus.OPEN or not is_expired(cycle, now):
-        return
+        grace = timedelta(seconds=ctx.settings.redrive_grace_s)
+        return cycle.seq if cycle.needs_redrive(now, grace) else None
+    if cycle.status is not CycleStatus.OPEN:
+        return None
     config = process.server_config
-    if has_enough(ctx.repo.count_reported(process.id, cycle.seq), config):
+    # PyGrid's readiness rule: also catches a full cycle whose report events were lost.
+    if is_ready(cycle, ctx.repo.count_reported(process.id, cycle.seq), config, now):
         if ctx.repo.update_cycle(process.id, cycle.seq, lambda c: c.begin_closing(now)):
             report.closed.append(label)  # the cycle trigger aggregates it
-        return
+        return None
+    if not is_expired(cycle, now):
+        return None
     drop = config.on_expiry == "reset"
     deadline = deadline_for(now, config)
     reset = ctx.repo.update_cycle(
         process.id, cycle.seq, lambda c: c.reset(cycle, deadline, drop_unreported=drop)
     )
     if reset is None:  # another tick got there first
-        return
+        return None
     dropped = (
         ctx.repo.drop_assignments(process.id, cycle.seq, lambda a: a.dropped_by_reset(reset.epoch))
         if drop
@@ -263,3 +357,4 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
     (report.reset if drop else report.extended).append(label)
     if drop:
         _notify(pool.after_cycle_reset, ctx, process.id, cycle.seq, dropped)
+    return None

@@ -183,7 +183,7 @@ def get_model(ctx: Context, request: api.ModelDownload) -> bytes | SignedUrl:
     place = _place(ctx, _grant(ctx, request))
     if request.model_id != place.process.id:
         raise NotFound("Model not found!", "unknown_model")
-    name = blobs.checkpoint_object(place.process.id, place.cycle.checkpoint)
+    name = place.cycle.model
     return _download(ctx, place.process, name, payload_bytes(place.process.schema))
 
 

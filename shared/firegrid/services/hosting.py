@@ -26,7 +26,9 @@ def process_id_for(name: str, version: str) -> str:
     return stable_id("process", name, version, length=20)
 
 
-def new_cycle(process: Process, seq: int, ctx: Context) -> Cycle:
+def new_cycle(process: Process, seq: int, ctx: Context, model_object: str | None = None) -> Cycle:
+    """Cycle ``seq``, open, training from ``model_object`` (default: checkpoint ``seq``'s
+    plain name, the hosted model's)."""
     opened_at = ctx.clock.now()
     return Cycle(
         process_id=process.id,
@@ -36,6 +38,7 @@ def new_cycle(process: Process, seq: int, ctx: Context) -> Cycle:
         opened_at=opened_at,
         deadline=deadline_for(opened_at, process.server_config),
         start_key=secrets.token_urlsafe(16),
+        model_object=model_object,
     )
 
 

@@ -36,7 +36,15 @@ def retrieve_model(ctx: Context, query: api.CheckpointQuery) -> bytes:
     number = process.latest_checkpoint if query.number is None else query.number
     if not 1 <= number <= process.latest_checkpoint:
         raise NotFound(f"Checkpoint {number} not found", "unknown_checkpoint")
-    return ctx.blobs.get(blobs.checkpoint_object(process.id, number))
+    return ctx.blobs.get(_checkpoint_name(ctx, process, number))
+
+
+def _checkpoint_name(ctx: Context, process: Process, number: int) -> str:
+    """Checkpoint 1 is the hosted model; checkpoint n is where cycle n-1's summary says."""
+    made_by = ctx.repo.get_cycle(process.id, number - 1) if number > 1 else None
+    if made_by is not None and made_by.summary is not None and made_by.summary.checkpoint_object:
+        return made_by.summary.checkpoint_object
+    return blobs.checkpoint_object(process.id, number)
 
 
 def post_metrics(ctx: Context, request: api.Metrics) -> Stored:
