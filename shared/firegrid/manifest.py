@@ -33,7 +33,8 @@ class FunctionSpec:
     public: bool = False
     """Anyone may call it (the device API); otherwise only IAM invokers (default)."""
     memory: str = "2GiB"
-    """Memory of one instance (aggregation holds the model and a float64 running sum)."""
+    """Memory of one instance; for the functions that close cycles it bounds the models a
+    process may host (``domain/capacity.py``)."""
     timeout_s: int = 540
     """Longest invocation (event-triggered functions stop at 540 s)."""
     retry: bool = False
