@@ -7,7 +7,7 @@ every diff at a time, by byte range, through the closing's own reader
 (``services/stored_diffs.py``, here over a directory instead of a bucket): memory stays
 flat in K. Both run in the same process on the same diff files and must agree.
 
-    python bench/robust.py [--clients 10 25 50 100] [--params 1000000] [--out FILE]
+    python -m bench.robust [--clients 10 25 50 100] [--params 1000000] [--out FILE]
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
-import tracemalloc
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from bench.aggregation import measure
 from firegrid.domain.aggregation import aggregate
 from firegrid.domain.diffs import schema_of
 from firegrid.domain.model import Assignment
@@ -82,23 +80,11 @@ def _sliced(directory: Path, clients: int, model: dict, method: str, trim: float
     return aggregate(model, diffs, method=method, trim_fraction=trim)[1].delta
 
 
-def _measure(run: Callable[[], Delta]) -> tuple[Delta, float, float]:
-    tracemalloc.start()
-    started = time.perf_counter()
-    result = run()
-    elapsed = time.perf_counter() - started
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return result, peak / 2**20, elapsed
-
-
 def _compare(directory: Path, clients: int, model: dict, method: str, trim: float) -> dict:
-    whole, whole_mib, whole_s = _measure(
+    whole, whole_s, whole_mib = measure(
         lambda: _whole_array(directory, clients, model, method, trim)
     )
-    sliced, sliced_mib, sliced_s = _measure(
-        lambda: _sliced(directory, clients, model, method, trim)
-    )
+    sliced, sliced_s, sliced_mib = measure(lambda: _sliced(directory, clients, model, method, trim))
     for name in model:
         np.testing.assert_allclose(sliced[name], whole[name], rtol=1e-12)
     return {
