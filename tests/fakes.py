@@ -112,6 +112,8 @@ class FakeBlobStore:
         """(method, name) of every signed URL handed out."""
         self.signed_headers: dict[str, Mapping[str, str]] = {}
         """The headers each signed URL (by object name) requires."""
+        self.ranges: list[tuple[str, int, int]] = []
+        """(name, start, stop) of every ranged read."""
         self._lock = threading.Lock()
 
     def put(self, name: str, data: bytes, *, if_absent: bool = False) -> bool:
@@ -130,6 +132,13 @@ class FakeBlobStore:
             if max_bytes is not None and len(data) > max_bytes:
                 raise NotFound(f"Object {name} is larger than {max_bytes} bytes", "too_large")
             return data
+
+    def get_range(self, name: str, start: int, stop: int) -> bytes:
+        with self._lock:
+            if name not in self.objects:
+                raise NotFound(f"Object {name} not found", "missing_object")
+            self.ranges.append((name, start, stop))
+            return self.objects[name][start : max(start, stop)]
 
     def delete(self, name: str) -> None:
         with self._lock:

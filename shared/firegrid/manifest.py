@@ -33,7 +33,8 @@ class FunctionSpec:
     public: bool = False
     """Anyone may call it (the device API); otherwise only IAM invokers (default)."""
     memory: str = "2GiB"
-    """Memory of one instance (aggregation holds the model and a float64 running sum)."""
+    """Memory of one instance; for the functions that close cycles it bounds the models a
+    process may host (``domain/capacity.py``)."""
     timeout_s: int = 540
     """Longest invocation (event-triggered functions stop at 540 s)."""
     retry: bool = False
@@ -44,6 +45,8 @@ class FunctionSpec:
     """Upper bound on instances, hence on concurrent Firestore writers and cost."""
     concurrency: int = 1
     """Requests one instance serves at once (gen2; more needs more than one vCPU)."""
+    aggregates: bool = False
+    """Closes cycles, so its ``memory`` bounds what a process may host (hosting checks)."""
 
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
@@ -51,7 +54,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         name="model-centric", target="model_centric", signature="http", public=True, timeout_s=60
     ),
     FunctionSpec(name="admin", target="admin", signature="http"),
-    FunctionSpec(name="tick", target="tick", signature="http"),
+    FunctionSpec(name="tick", target="tick", signature="http", aggregates=True),
     FunctionSpec(
         name="on-assignment-written",
         target="on_assignment_written",
@@ -78,6 +81,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
             document="processes/{process}/cycles/{cycle}",
         ),
         retry=True,
+        aggregates=True,
     ),
 )
 
@@ -88,3 +92,20 @@ def trigger_pattern(target: str) -> str:
         if spec.target == target and spec.trigger is not None:
             return spec.trigger.document
     raise KeyError(f"no Firestore-triggered function {target!r}")
+
+
+_MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+
+
+def memory_bytes(memory: str) -> int:
+    """``"2GiB"``, ``"512Mi"``, ``"1G"`` (gcloud's ``--memory`` forms) in bytes."""
+    number = memory.rstrip("B").rstrip("KMGi")
+    unit = memory.removeprefix(number).removesuffix("B")
+    if not number.isdigit() or unit not in _MEMORY_UNITS:
+        raise ValueError(f"memory {memory!r} is not like '2GiB' or '512Mi'")
+    return int(number) * _MEMORY_UNITS[unit]
+
+
+def aggregation_memory_bytes() -> int:
+    """The memory of the smallest function that closes cycles (the trigger or the tick)."""
+    return min(memory_bytes(spec.memory) for spec in FUNCTIONS if spec.aggregates)

@@ -1,14 +1,17 @@
 import numpy as np
 import pytest
 
+from firegrid.domain import aggregation
 from firegrid.domain.aggregation import (
     RULES,
     Aggregation,
     AggregationFailed,
     Contribution,
+    HeldDiffs,
     Options,
     aggregate,
     fedavg_weights,
+    median,
 )
 from firegrid.wire import status_of
 
@@ -160,7 +163,7 @@ def test_every_method_has_one_rule_with_one_signature() -> None:
     contributions = [Contribution(diff={"w": np.array([v, -v])}, weight=2) for v in (1.0, 3.0)]
     assert set(RULES) == set(Aggregation)
     for method, rule in RULES.items():
-        step = rule(old, iter(contributions), Options())
+        step = rule(old, HeldDiffs(old, iter(contributions)), Options())
         assert step.num_diffs == 2, method
         np.testing.assert_allclose(step.delta["w"], [2.0, -2.0])
 
@@ -180,3 +183,98 @@ def test_an_aggregation_failure_is_the_servers_not_a_400() -> None:
     with pytest.raises(AggregationFailed) as failed:
         aggregate({"w": np.zeros(2)}, [])
     assert (status_of(failed.value), failed.value.code) == (500, "aggregation_failed")
+
+
+def _stack_of(diffs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+    return np.stack([d[name].astype(np.float64) for d in diffs])
+
+
+@pytest.mark.parametrize("budget", [8 * 7 * 5, 8 * 7 * 64, 2**26])
+@pytest.mark.parametrize("count", [1, 2, 7, 10])
+def test_sliced_robust_rules_equal_numpy_on_the_whole_stack(monkeypatch, budget, count) -> None:
+    """Slices of 5, 64 or every coordinate (7 diffs): the same numbers as numpy on all diffs."""
+    monkeypatch.setattr(aggregation, "SLICE_BUDGET_BYTES", budget)
+    rng = np.random.default_rng(count)
+    old = _random_model(rng, "float32")
+    diffs = [_random_model(rng, "float32") for _ in range(count)]
+    contributions = [Contribution(diff=d, weight=1) for d in diffs]
+    _, by_median = aggregate(old, contributions, method="median")
+    _, by_trimmed = aggregate(old, contributions, method="trimmed_mean", trim_fraction=0.2)
+    cut = int(0.2 * count)
+    for name in old:
+        stack = _stack_of(diffs, name)
+        np.testing.assert_allclose(by_median.delta[name], np.median(stack, axis=0), rtol=1e-15)
+        trimmed = np.sort(stack, axis=0)[cut : count - cut].mean(axis=0)
+        np.testing.assert_allclose(by_trimmed.delta[name], trimmed, rtol=1e-12, atol=1e-15)
+    assert by_trimmed.total_weight == count - 2 * cut
+
+
+def test_slices_cover_every_coordinate_once_within_the_width() -> None:
+    template = {"a": np.zeros((3, 4)), "b": np.zeros(1), "c": np.zeros(9)}
+    for width in (1, 2, 5, 22, 100):
+        runs = list(aggregation.slices(template, width))
+        assert all(sum(p.stop - p.start for p in run) <= width for run in runs)
+        covered = [(p.name, i) for run in runs for p in run for i in range(p.start, p.stop)]
+        assert covered == [(n, i) for n, t in template.items() for i in range(t.size)]
+
+
+class _CountingSources:
+    """Held diffs whose readers record the widest read; one reader may fail once."""
+
+    def __init__(self, diffs: list[dict[str, np.ndarray]], failing: int | None = None) -> None:
+        self.held = [Contribution(diff=d, weight=1) for d in diffs]
+        self.failing = failing
+        self.left_out: list[int] = []
+        self.widest = 0
+
+    def whole(self):
+        return iter(self.held)
+
+    def sliced(self):
+        sources = self
+
+        class Reader:
+            weight = 1.0
+
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            def read(self, pieces):
+                sources.widest = max(sources.widest, sum(p.stop - p.start for p in pieces))
+                if self.index == sources.failing:
+                    sources.left_out.append(self.index)
+                    sources.failing = None
+                    raise aggregation.UnusableDiff("changed since it was checked")
+                diff = sources.held[self.index].diff
+                return np.concatenate([diff[p.name].reshape(-1)[p.start : p.stop] for p in pieces])
+
+        return [Reader(i) for i in range(len(self.held)) if i not in self.left_out]
+
+
+def test_robust_rules_read_slices_bounded_by_the_budget(monkeypatch) -> None:
+    monkeypatch.setattr(aggregation, "SLICE_BUDGET_BYTES", 8 * 40 * 10)
+    diffs = [{"w": np.full(1000, float(k))} for k in range(40)]
+    sources = _CountingSources(diffs)
+    step = median({"w": np.zeros(1000)}, sources, Options())
+    assert sources.widest == 10  # 40 diffs x 10 coordinates x 8 bytes
+    np.testing.assert_allclose(step.delta["w"], 19.5)
+
+
+def test_a_diff_unusable_half_way_is_left_out_and_the_rule_starts_again(monkeypatch) -> None:
+    monkeypatch.setattr(aggregation, "SLICE_BUDGET_BYTES", 8 * 3 * 2)
+    diffs = [{"w": np.full(6, v)} for v in (1.0, 2.0, 100.0)]
+    sources = _CountingSources(diffs, failing=2)
+    step = median({"w": np.zeros(6)}, sources, Options())
+    assert (step.num_diffs, sources.left_out) == (2, [2])
+    np.testing.assert_allclose(step.delta["w"], 1.5)
+
+
+def test_a_diff_that_keeps_failing_fails_the_aggregation() -> None:
+    class Stubborn(_CountingSources):
+        def sliced(self):
+            self.left_out.clear()  # never leaves the failing diff out
+            self.failing = 0
+            return super().sliced()
+
+    with pytest.raises(AggregationFailed, match="not left out"):
+        median({"w": np.zeros(2)}, Stubborn([{"w": np.ones(2)}] * 2, failing=0), Options())

@@ -58,17 +58,29 @@ def diff_object(ctx: Context, process_id: str, worker_id: str) -> str:
         ("delete", "missing_object"),
         ("garbage", "invalid_safetensors"),
         ("wrong_shape", "invalid_diff"),
+        ("not_finite", "invalid_diff"),
+        ("cut_short", "invalid_safetensors"),
     ],
 )
-def test_an_unusable_diff_is_left_out_and_the_cycle_closes(ctx, tiny: Tiny, damage, reason):
-    process_id, workers = reported_cycle(ctx, tiny, 3, min_diffs=2)
+@pytest.mark.parametrize("aggregation", ["fedavg", "median", "trimmed_mean"])
+def test_an_unusable_diff_is_left_out_and_the_cycle_closes(
+    ctx, tiny: Tiny, damage, reason, aggregation
+):
+    """The robust rules read diffs in slices: a header that does not fit is caught before
+    aggregating, values that are not finite or missing while slicing (the object changed
+    since its report) restart the rule without that diff."""
+    process_id, workers = reported_cycle(ctx, tiny, 3, min_diffs=2, aggregation=aggregation)
     name = diff_object(ctx, process_id, workers[1])
     if damage == "delete":
         ctx.blobs.delete(name)
     elif damage == "garbage":
         ctx.blobs.put(name, b"\0garbage")
-    else:
+    elif damage == "wrong_shape":
         ctx.blobs.put(name, encode_state({"0.weight": np.zeros(3, np.float32)}))
+    elif damage == "not_finite":
+        ctx.blobs.put(name, encode_state(constant_diff(tiny, float("nan"))))
+    else:
+        ctx.blobs.put(name, ctx.blobs.get(name)[:-4])
 
     assert cycles.close_cycle(ctx, process_id, 1)
 
@@ -77,7 +89,7 @@ def test_an_unusable_diff_is_left_out_and_the_cycle_closes(ctx, tiny: Tiny, dama
     assert closed.summary.num_diffs == 2 and closed.summary.total_samples == 20
     assert closed.skipped == {reason: 1}
     old, new = checkpoint(ctx, process_id, 1), checkpoint(ctx, process_id, 2)
-    for tensor in old:  # the FedAvg of the two usable diffs (0.1 and 0.3, equal weights)
+    for tensor in old:  # every rule: 0.2 from the usable diffs 0.1 and 0.3 (equal weights)
         np.testing.assert_allclose(new[tensor], old[tensor] - 0.2, rtol=1e-5, atol=1e-6)
     assert ctx.repo.get_assignment(process_id, 1, workers[1]).skipped == reason
     status = call(operator.status, ctx, {"name": "mnist"})

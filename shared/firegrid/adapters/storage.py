@@ -46,6 +46,16 @@ class GcsBlobStore:
         except gexc.NotFound:
             raise NotFound(f"Object {name} not found", "missing_object") from None
 
+    def get_range(self, name: str, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        try:  # HTTP ranges are inclusive
+            return bytes(self._bucket.blob(name).download_as_bytes(start=start, end=stop - 1))
+        except gexc.NotFound:
+            raise NotFound(f"Object {name} not found", "missing_object") from None
+        except gexc.RequestRangeNotSatisfiable:
+            return b""  # the range starts past the end
+
     def delete(self, name: str) -> None:
         with contextlib.suppress(gexc.NotFound):
             self._bucket.blob(name).delete()

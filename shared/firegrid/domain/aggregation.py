@@ -1,10 +1,18 @@
 """Aggregating diffs into the next checkpoint: one pure rule per method, one signature.
 
-A rule folds the cycle's contributions into a ``Step``: the averaged diff (float64)
-and its totals. ``fedavg`` and ``mean`` stream: each diff is folded into a running
-sum and dropped, so memory is O(model) however many devices report. ``median``
-and ``trimmed_mean`` need every value per coordinate and hold all diffs
-(O(diffs x model)); they exist for robustness, not for big cohorts.
+A rule folds a cycle's diffs into a ``Step``: the averaged diff (float64) and its
+totals. The diffs come as ``DiffSources`` (the service reads them from storage;
+``held`` wraps diffs already in memory), so no rule does I/O and none holds every
+diff at once:
+
+* ``fedavg`` and ``mean`` stream: each diff is read whole, folded into a running
+  sum and dropped, so memory is O(model) however many devices report.
+* ``median`` and ``trimmed_mean`` need every diff's value per coordinate. They go
+  through the model in slices of coordinates (tensors in order, a large tensor cut
+  in pieces), reading only that slice of every diff, so memory is
+  O(K x slice + model) with ``K x slice x 8 bytes <= SLICE_BUDGET_BYTES``, whatever
+  K is. Per coordinate the arithmetic is the whole-array one, so the result is
+  exactly numpy's median / trimmed mean of the stacked diffs.
 
 With PyGrid's diff convention ``diff = before - after`` the update is
 ``new = old - server_lr * step``; with ``fedavg`` and ``server_lr = 1`` that is
@@ -13,9 +21,10 @@ exactly LEAF's ``sum(n_k * w_k) / sum(n_k)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +33,11 @@ from firegrid.domain.errors import FireGridError
 
 StateDict = dict[str, npt.NDArray[np.generic]]
 Tensors = Mapping[str, npt.NDArray[np.generic]]
+Floats = npt.NDArray[np.float64]
+
+SLICE_BUDGET_BYTES = 64 * 2**20
+"""The robust rules' float64 stack of one slice (K diffs x slice coordinates x 8 bytes);
+their working set is about twice that (the sort or partition copy)."""
 
 
 class Aggregation(StrEnum):
@@ -38,6 +52,11 @@ class Aggregation(StrEnum):
     TRIMMED_MEAN = "trimmed_mean"
     """Coordinate-wise mean without ``trim_fraction`` of each end."""
 
+    @property
+    def streams(self) -> bool:
+        """Reads each diff once, whole (memory O(model)); else in coordinate slices."""
+        return self in (Aggregation.FEDAVG, Aggregation.MEAN)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Contribution:
@@ -46,11 +65,49 @@ class Contribution:
     """The report's FedAvg weight: its sample count, capped by ``fedavg_weights``."""
 
 
+@dataclass(frozen=True)
+class Piece:
+    """Coordinates ``[start, stop)`` of one tensor, flattened (C order)."""
+
+    name: str
+    start: int
+    stop: int
+
+
+Slice = tuple[Piece, ...]
+
+
+class DiffReader(Protocol):
+    """One usable diff, read a slice at a time."""
+
+    @property
+    def weight(self) -> float: ...
+
+    def read(self, pieces: Slice) -> Floats:
+        """The pieces' values, one after the other, as float64; ``UnusableDiff`` if the
+        diff can no longer be read there or is not finite there."""
+        ...
+
+
+@runtime_checkable
+class DiffSources(Protocol):
+    """A cycle's diffs, for a rule to read one way or the other."""
+
+    def whole(self) -> Iterable[Contribution]:
+        """Each usable diff, whole, one at a time (the streaming rules)."""
+        ...
+
+    def sliced(self) -> Sequence[DiffReader]:
+        """Every usable diff as a slice reader (the robust rules). After a reader raised
+        ``UnusableDiff``, the next call leaves that diff out."""
+        ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Step:
     """What a rule made of a cycle's contributions."""
 
-    delta: dict[str, npt.NDArray[np.float64]]
+    delta: dict[str, Floats]
     """The averaged diff, subtracted from the checkpoint (times ``server_lr``)."""
     num_diffs: int
     total_weight: float
@@ -69,7 +126,14 @@ class AggregationFailed(FireGridError):
     default_code = "aggregation_failed"
 
 
-Rule = Callable[[Tensors, Iterable[Contribution], Options], Step]
+class UnusableDiff(FireGridError):
+    """A diff found unusable half-way through a sliced rule (its object changed or
+    vanished since it was checked): the rule starts again without it."""
+
+    default_code = "invalid_diff"
+
+
+Rule = Callable[[Tensors, DiffSources, Options], Step]
 
 
 def _check_keys(reference: Mapping[str, object], diff: Mapping[str, object]) -> None:
@@ -77,6 +141,11 @@ def _check_keys(reference: Mapping[str, object], diff: Mapping[str, object]) -> 
         missing = sorted(set(reference) - set(diff))
         extra = sorted(set(diff) - set(reference))
         raise AggregationFailed(f"diff keys differ: missing {missing}, unexpected {extra}")
+
+
+def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if shape != expected:
+        raise AggregationFailed(f"diff '{name}' has shape {shape}, not {expected}")
 
 
 def _weighted_sum(
@@ -90,8 +159,7 @@ def _weighted_sum(
         weight = weigh(contribution.weight)
         for name, acc in total.items():
             update = contribution.diff[name]
-            if update.shape != acc.shape:
-                raise AggregationFailed(f"diff '{name}' has shape {update.shape}, not {acc.shape}")
+            _check_shape(name, update.shape, acc.shape)
             acc += weight * update.astype(np.float64, copy=False)
         total_weight += weight
         count += 1
@@ -101,45 +169,132 @@ def _weighted_sum(
     return Step(delta=delta, num_diffs=count, total_weight=total_weight)
 
 
-def fedavg(template: Tensors, contributions: Iterable[Contribution], options: Options) -> Step:
-    return _weighted_sum(template, contributions, lambda weight: weight)
+def fedavg(template: Tensors, sources: DiffSources, options: Options) -> Step:
+    return _weighted_sum(template, sources.whole(), lambda weight: weight)
 
 
-def mean(template: Tensors, contributions: Iterable[Contribution], options: Options) -> Step:
-    return _weighted_sum(template, contributions, lambda weight: 1.0)
+def mean(template: Tensors, sources: DiffSources, options: Options) -> Step:
+    return _weighted_sum(template, sources.whole(), lambda weight: 1.0)
 
 
-def _stacked(
-    template: Tensors, contributions: Iterable[Contribution]
-) -> tuple[dict[str, npt.NDArray[np.float64]], int]:
-    columns: dict[str, list[npt.NDArray[np.float64]]] = {k: [] for k in template}
-    count = 0
-    for contribution in contributions:
-        _check_keys(template, contribution.diff)
-        for name, values in columns.items():
-            values.append(contribution.diff[name].astype(np.float64))
-        count += 1
-    if count == 0:
-        raise AggregationFailed("no diffs to aggregate")
-    return {name: np.stack(values) for name, values in columns.items()}, count
+def slices(template: Tensors, width: int) -> Iterator[Slice]:
+    """The model's coordinates in runs of at most ``width``: tensors in order, small
+    ones sharing a run, a large one cut across several."""
+    pieces: list[Piece] = []
+    room = width
+    for name, tensor in template.items():
+        start = 0
+        while start < tensor.size:
+            stop = min(tensor.size, start + room)
+            pieces.append(Piece(name, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                yield tuple(pieces)
+                pieces, room = [], width
+    if pieces:
+        yield tuple(pieces)
 
 
-def median(template: Tensors, contributions: Iterable[Contribution], options: Options) -> Step:
-    stacked, count = _stacked(template, contributions)
-    delta = {name: np.median(values, axis=0) for name, values in stacked.items()}
-    return Step(delta=delta, num_diffs=count, total_weight=float(count))
+def slice_width(num_diffs: int) -> int:
+    """Coordinates per slice so that the float64 stack of ``num_diffs`` diffs fits the budget."""
+    return max(1, SLICE_BUDGET_BYTES // (8 * max(1, num_diffs)))
 
 
-def trimmed_mean(
-    template: Tensors, contributions: Iterable[Contribution], options: Options
-) -> Step:
-    stacked, count = _stacked(template, contributions)
-    cut = int(options.trim_fraction * count)
-    delta = {
-        name: np.sort(values, axis=0)[cut : count - cut].mean(axis=0)
-        for name, values in stacked.items()
-    }
-    return Step(delta=delta, num_diffs=count, total_weight=float(count - 2 * cut))
+Reduce = Callable[[Floats], Floats]
+"""Coordinate-wise: a (diffs x coordinates) stack to one value per coordinate."""
+
+
+def _reduce_in_slices(template: Tensors, readers: Sequence[DiffReader], reduce: Reduce) -> Step:
+    flat = {name: np.empty(t.size, dtype=np.float64) for name, t in template.items()}
+    for run in slices(template, slice_width(len(readers))):
+        stack = np.empty((len(readers), sum(p.stop - p.start for p in run)), dtype=np.float64)
+        for row, reader in zip(stack, readers, strict=True):
+            row[:] = reader.read(run)
+        values, offset = reduce(stack), 0
+        for piece in run:
+            end = offset + piece.stop - piece.start
+            flat[piece.name][piece.start : piece.stop] = values[offset:end]
+            offset = end
+    delta = {name: flat[name].reshape(t.shape) for name, t in template.items()}
+    return Step(delta=delta, num_diffs=len(readers), total_weight=float(len(readers)))
+
+
+def _coordinatewise(template: Tensors, sources: DiffSources, reduce: Reduce) -> Step:
+    """``reduce`` over every coordinate; started again without a diff found unusable
+    half-way (each restart has one diff fewer, so it ends)."""
+    failed_with: int | None = None
+    while True:
+        readers = sources.sliced()
+        if not readers:
+            raise AggregationFailed("no diffs to aggregate")
+        if failed_with is not None and len(readers) >= failed_with:
+            raise AggregationFailed("an unusable diff was not left out")
+        try:
+            return _reduce_in_slices(template, readers, reduce)
+        except UnusableDiff:
+            failed_with = len(readers)
+
+
+def _median(stack: Floats) -> Floats:
+    return np.median(stack, axis=0)
+
+
+def median(template: Tensors, sources: DiffSources, options: Options) -> Step:
+    return _coordinatewise(template, sources, _median)
+
+
+def trimmed_cut(num_diffs: int, trim_fraction: float) -> int:
+    """Values cut from each end of every coordinate."""
+    return int(trim_fraction * num_diffs)
+
+
+def trimmed_mean(template: Tensors, sources: DiffSources, options: Options) -> Step:
+    def reduce(stack: Floats) -> Floats:
+        count = len(stack)
+        cut = trimmed_cut(count, options.trim_fraction)
+        kept: Floats = np.sort(stack, axis=0)[cut : count - cut].mean(axis=0)
+        return kept
+
+    step = _coordinatewise(template, sources, reduce)
+    cut = trimmed_cut(step.num_diffs, options.trim_fraction)
+    return Step(
+        delta=step.delta, num_diffs=step.num_diffs, total_weight=float(step.num_diffs - 2 * cut)
+    )
+
+
+@dataclass(frozen=True)
+class _HeldReader:
+    diff: Tensors
+    weight: float
+
+    def read(self, pieces: Slice) -> Floats:
+        return np.concatenate(
+            [self.diff[p.name].reshape(-1)[p.start : p.stop].astype(np.float64) for p in pieces]
+        )
+
+
+class HeldDiffs:
+    """Diffs already in memory as ``DiffSources`` (tests, benchmarks): ``whole`` consumes
+    the iterable lazily, so a generator still streams."""
+
+    def __init__(self, template: Tensors, contributions: Iterable[Contribution]) -> None:
+        self._template = template
+        self._contributions = contributions
+        self._held: list[_HeldReader] | None = None
+
+    def whole(self) -> Iterable[Contribution]:
+        return self._contributions
+
+    def sliced(self) -> Sequence[DiffReader]:
+        if self._held is None:
+            self._held = []
+            for contribution in self._contributions:
+                _check_keys(self._template, contribution.diff)
+                for name, tensor in self._template.items():
+                    _check_shape(name, contribution.diff[name].shape, tensor.shape)
+                self._held.append(_HeldReader(contribution.diff, contribution.weight))
+        return self._held
 
 
 RULES: Mapping[Aggregation, Rule] = {
@@ -162,16 +317,16 @@ def apply_step(checkpoint: Tensors, step: Step, server_lr: float = 1.0) -> State
 
 def aggregate(
     checkpoint: Tensors,
-    contributions: Iterable[Contribution],
+    diffs: DiffSources | Iterable[Contribution],
     *,
     method: Aggregation = Aggregation.FEDAVG,
     server_lr: float = 1.0,
     trim_fraction: float = 0.1,
 ) -> tuple[StateDict, Step]:
-    """The next checkpoint and the step that made it."""
-    step = RULES[Aggregation(method)](
-        checkpoint, contributions, Options(trim_fraction=trim_fraction)
-    )
+    """The next checkpoint and the step that made it; ``diffs`` may be contributions
+    held in memory."""
+    sources = diffs if isinstance(diffs, DiffSources) else HeldDiffs(checkpoint, diffs)
+    step = RULES[Aggregation(method)](checkpoint, sources, Options(trim_fraction=trim_fraction))
     return apply_step(checkpoint, step, server_lr), step
 
 

@@ -67,6 +67,31 @@ class InvalidDiff(BadRequest):
     default_code = "invalid_diff"
 
 
+def check_specs(specs: Mapping[str, TensorSpec], schema: Schema) -> None:
+    """A diff's tensor names, dtypes and shapes are the model's; ``InvalidDiff`` if not.
+    ``specs`` may come from the decoded tensors or from a file's header alone."""
+    missing = sorted(set(schema) - set(specs))
+    extra = sorted(set(specs) - set(schema))
+    if missing or extra:
+        raise InvalidDiff(
+            f"diff keys do not match the model: missing {missing}, unexpected {extra}"
+        )
+    for name, expected in schema.items():
+        spec = specs[name]
+        if spec.dtype != expected.dtype:
+            raise InvalidDiff(f"diff '{name}' has dtype {spec.dtype}, expected {expected.dtype}")
+        if spec.shape != expected.shape:
+            raise InvalidDiff(
+                f"diff '{name}' has shape {list(spec.shape)}, expected {list(expected.shape)}"
+            )
+
+
+def check_finite(values: Tensor, name: str) -> None:
+    """A diff (or any part of one) with NaN or Inf would poison the checkpoint."""
+    if not np.isfinite(values.astype(np.float64, copy=False)).all():
+        raise InvalidDiff(f"diff '{name}' contains NaN or Inf")
+
+
 def validate_diff(
     diff: Mapping[str, Tensor],
     schema: Schema,
@@ -75,24 +100,11 @@ def validate_diff(
     clip: bool = False,
 ) -> dict[str, Tensor]:
     """The diff, checked (and clipped if asked); ``InvalidDiff`` says what is wrong."""
-    missing = sorted(set(schema) - set(diff))
-    extra = sorted(set(diff) - set(schema))
-    if missing or extra:
-        raise InvalidDiff(
-            f"diff keys do not match the model: missing {missing}, unexpected {extra}"
-        )
+    check_specs(schema_of(diff), schema)
     squared = 0.0
-    for name, spec in schema.items():
-        tensor = diff[name]
-        if str(tensor.dtype) != spec.dtype:
-            raise InvalidDiff(f"diff '{name}' has dtype {tensor.dtype}, expected {spec.dtype}")
-        if tuple(tensor.shape) != spec.shape:
-            raise InvalidDiff(
-                f"diff '{name}' has shape {list(tensor.shape)}, expected {list(spec.shape)}"
-            )
-        values = tensor.astype(np.float64, copy=False)
-        if not np.isfinite(values).all():
-            raise InvalidDiff(f"diff '{name}' contains NaN or Inf")
+    for name in schema:
+        values = diff[name].astype(np.float64, copy=False)
+        check_finite(values, name)
         squared += float(np.square(values).sum())
     norm = squared**0.5
     if max_norm is None or norm <= max_norm:

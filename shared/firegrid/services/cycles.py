@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from firegrid.domain import blobs
-from firegrid.domain.aggregation import AggregationFailed, Contribution, aggregate, fedavg_weights
+from firegrid.domain.aggregation import AggregationFailed, aggregate, fedavg_weights
 from firegrid.domain.cycle import (
     Cycle,
     CycleStatus,
@@ -27,13 +27,11 @@ from firegrid.domain.cycle import (
     is_last_cycle,
     is_ready,
 )
-from firegrid.domain.diffs import validate_diff
-from firegrid.domain.errors import FireGridError, NotFound
-from firegrid.domain.keys import redact
 from firegrid.domain.model import Assignment, Process
 from firegrid.services import pool
 from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
+from firegrid.services.stored_diffs import StoredDiffs
 from firegrid.tensors import decode_state, encode_state
 from firegrid.transient import is_transient
 
@@ -152,13 +150,12 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease) -> bo
     reported = list(ctx.repo.reported_assignments(process.id, seq))
     counts = [a.num_samples or 0 for a in reported]
     skipped: dict[str, str] = {}
-    contributions = _contributions(
-        ctx, process, reported, fedavg_weights(counts, config.max_weight_fraction), skipped
-    )
+    weights = fedavg_weights(counts, config.max_weight_fraction)
+    diffs = StoredDiffs(ctx.blobs, process.schema, reported, weights, skipped)
     try:
         updated, step = aggregate(
             checkpoint,
-            contributions,
+            diffs,
             method=config.aggregation,
             server_lr=config.server_lr,
             trim_fraction=config.trim_fraction,
@@ -242,28 +239,6 @@ def _notify(send: Callable[..., None], *args: Any) -> None:
         send(*args)
     except Exception:
         log.exception("lifecycle push %s failed", send.__name__)
-
-
-def _contributions(
-    ctx: Context,
-    process: Process,
-    reported: list[Assignment],
-    weights: list[float],
-    skipped: dict[str, str],
-) -> Iterator[Contribution]:
-    """Each reported diff, read from storage one at a time; one that is missing, corrupt
-    or does not fit the model is left out and its reason put in ``skipped``."""
-    for assignment, weight in zip(reported, weights, strict=True):
-        try:
-            if assignment.diff_object is None:
-                raise NotFound("the report names no diff object", "missing_object")
-            data = ctx.blobs.get(assignment.diff_object)
-            diff = validate_diff(decode_state(data, "stored diff"), process.schema)
-        except FireGridError as unusable:
-            skipped[assignment.worker_id] = unusable.code
-            log.warning("diff of %s left out: %s", redact(assignment.worker_id), unusable.message)
-            continue
-        yield Contribution(diff=diff, weight=weight)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import numpy as np
 
 from firegrid import api
 from firegrid.domain import blobs, limits
+from firegrid.domain.capacity import check_aggregation_fits
 from firegrid.domain.config import ClientConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus, deadline_for
 from firegrid.domain.diffs import schema_of
@@ -17,6 +18,7 @@ from firegrid.domain.errors import BadRequest, Conflict
 from firegrid.domain.fields import is_reserved_name
 from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
+from firegrid.manifest import aggregation_memory_bytes
 from firegrid.services.context import Context
 from firegrid.services.results import Hosted
 from firegrid.tensors import decode_state
@@ -49,6 +51,7 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
     model_bytes = request.model
     model = decode_state(model_bytes, "model")
     _check_model(model)
+    check_aggregation_fits(schema_of(model), server_config, aggregation_memory_bytes())
     plans = _validate_plans(request.plans, model)
 
     process_id = process_id_for(client_config.name, client_config.version)

@@ -1,0 +1,69 @@
+"""What closing a cycle needs in memory, and whether the function that closes it has it.
+
+Hosting refuses a process whose worst-case closing would run out of memory: the
+instance would die at every attempt, and the cycle would end ``failed`` after
+training had begun. The estimate follows what ``services/cycles.py`` holds while it
+closes a cycle (each term below), for the largest number of reports the
+configuration lets into one cycle.
+"""
+
+from __future__ import annotations
+
+import math
+
+from firegrid.domain import limits
+from firegrid.domain.aggregation import SLICE_BUDGET_BYTES
+from firegrid.domain.config import ServerConfig
+from firegrid.domain.diffs import Schema, max_file_bytes, payload_bytes
+from firegrid.domain.errors import BadRequest
+
+RUNTIME_BYTES = 384 * 2**20
+"""The instance before any tensor: interpreter, numpy, safetensors, the Google clients."""
+USABLE_FRACTION = 0.8
+"""Share of the instance the estimate may fill (allocator fragmentation, temporaries)."""
+REPORT_BYTES = 2048
+"""One reported assignment, as the closing lists them."""
+LAYOUT_BYTES = 320
+"""One tensor's place in one diff file, as a slice reader keeps it."""
+
+
+def worst_case_reports(config: ServerConfig) -> int:
+    """Reports one cycle can hold: ``max_workers`` places, else ``max_diffs`` (which closes
+    the cycle), else any number up to the bound on worker counts."""
+    return config.max_workers or config.max_diffs or limits.MAX_WORKERS
+
+
+def aggregation_bytes(schema: Schema, config: ServerConfig) -> int:
+    """Bytes the closing of one cycle holds at its peak, besides the runtime."""
+    model = payload_bytes(schema)
+    coordinates = sum(math.prod(spec.shape) for spec in schema.values())
+    largest = max((math.prod(spec.shape) for spec in schema.values()), default=0)
+    reports = worst_case_reports(config)
+    held = (
+        2 * model  # the checkpoint, as read and decoded
+        + 8 * coordinates  # the float64 step
+        + 16 * largest  # one tensor's float64 temporaries while applying the step
+        + 2 * model  # the new checkpoint, decoded and encoded
+        + reports * REPORT_BYTES
+    )
+    if config.aggregation.streams:
+        return held + 2 * max_file_bytes(schema) + 16 * largest  # one diff, read and decoded
+    stack = max(SLICE_BUDGET_BYTES, 8 * reports)  # one coordinate at least
+    return held + 2 * stack + reports * len(schema) * LAYOUT_BYTES
+
+
+def check_aggregation_fits(schema: Schema, config: ServerConfig, memory_bytes: int) -> None:
+    """``BadRequest`` (``aggregation_too_large``) if closing a cycle may not fit in the
+    aggregating function's ``memory_bytes``."""
+    needed = RUNTIME_BYTES + aggregation_bytes(schema, config)
+    usable = int(USABLE_FRACTION * memory_bytes)
+    if needed <= usable:
+        return
+    raise BadRequest(
+        f"closing a cycle of this model with '{config.aggregation}' and up to "
+        f"{worst_case_reports(config)} reports needs about {needed / 2**20:,.0f} MiB, more than "
+        f"the {usable / 2**20:,.0f} MiB the aggregating function may use "
+        f"({memory_bytes / 2**30:g} GiB): host a smaller model, lower 'max_workers' "
+        "(or 'max_diffs'), or use 'fedavg'",
+        "aggregation_too_large",
+    )
