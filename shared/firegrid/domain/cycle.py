@@ -34,6 +34,8 @@ class ProcessStatus(StrEnum):
     HOSTING = "hosting"
     TRAINING = "training"
     COMPLETED = "completed"
+    DELETING = "deleting"
+    """An operator is deleting it: it takes no more work, and its documents and objects go."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,6 +16,7 @@ from firegrid.domain.aggregation import AggregationFailed, Contribution, aggrega
 from firegrid.domain.cycle import (
     CycleStatus,
     CycleSummary,
+    ProcessStatus,
     deadline_for,
     has_enough,
     is_expired,
@@ -45,7 +46,9 @@ def on_report(ctx: Context, process_id: str, seq: int) -> bool:
     aggregates it). True if this call marked it."""
     process = ctx.repo.get_process(process_id)
     cycle = ctx.repo.get_cycle(process_id, seq)
-    if process is None or cycle is None or cycle.status is not CycleStatus.OPEN:
+    if process is None or process.status is not ProcessStatus.TRAINING:
+        return False  # a process being deleted starts no closing
+    if cycle is None or cycle.status is not CycleStatus.OPEN:
         return False
     reported = ctx.repo.count_reported(process_id, seq)
     if not is_ready(cycle, reported, process.server_config, ctx.clock.now()):
@@ -62,12 +65,16 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     diff that cannot be used is left out (and recorded); too few usable diffs reopen the
     cycle as an expired one would be; any other failure releases the lease for the next
     attempt, and after ``MAX_AGGREGATION_ATTEMPTS`` the cycle is ``failed``.
-    True if this call completed the cycle.
+    A process being deleted is not aggregated; an aggregation that was already running
+    when the deletion began cannot complete (``Process.after_cycle`` declines) and deletes
+    the checkpoint it wrote. True if this call completed the cycle.
     """
+    process = ctx.repo.get_process(process_id)
+    if process is None or process.status is not ProcessStatus.TRAINING:
+        return False
     now = ctx.clock.now()
     cycle = ctx.repo.update_cycle(process_id, seq, lambda c: c.take_lease(now, now + CLOSING_LEASE))
-    process = ctx.repo.get_process(process_id)
-    if cycle is None or process is None:
+    if cycle is None:
         return False
     try:
         return _aggregate(ctx, process, seq)
@@ -114,7 +121,8 @@ def _aggregate(ctx: Context, process: Process, seq: int) -> bool:
         _reopen(ctx, process, seq, reasons)
         return False
     _check_finite(updated)
-    ctx.blobs.put(blobs.checkpoint_object(process.id, seq + 1), encode_state(updated))
+    checkpoint_out = blobs.checkpoint_object(process.id, seq + 1)
+    ctx.blobs.put(checkpoint_out, encode_state(updated))
     total_samples = sum(a.num_samples or 0 for a in reported if a.worker_id not in skipped)
     summary = CycleSummary(
         num_diffs=usable,
@@ -123,11 +131,16 @@ def _aggregate(ctx: Context, process: Process, seq: int) -> bool:
         closed_at=ctx.clock.now(),
     )
     next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx)
-    progressed = process.after_cycle(seq + 1, next_cycle.seq if next_cycle else None)
+    next_seq = next_cycle.seq if next_cycle else None
     completed = ctx.repo.complete_cycle(
-        process.id, seq, lambda c: c.complete(summary, reasons), next_cycle, progressed
+        process.id,
+        seq,
+        lambda c: c.complete(summary, reasons),
+        next_cycle,
+        lambda stored: stored.after_cycle(seq + 1, next_seq),
     )
     if completed is None:
+        _drop_if_deleting(ctx, process.id, checkpoint_out)
         return False
     _notify(pool.after_cycle_completed, ctx, process.id, seq)
     log.info(
@@ -135,6 +148,14 @@ def _aggregate(ctx: Context, process: Process, seq: int) -> bool:
         *(process.id, seq, usable, total_samples, len(skipped)),
     )
     return True
+
+
+def _drop_if_deleting(ctx: Context, process_id: str, name: str) -> None:
+    """A completion declined because the process is being (or was) deleted: the checkpoint
+    written for it would outlive the deletion's sweep of the objects."""
+    process = ctx.repo.get_process(process_id)
+    if process is None or process.status is ProcessStatus.DELETING:
+        ctx.blobs.delete(name)
 
 
 def _skip(reason: str) -> Callable[[Assignment], Assignment | None]:

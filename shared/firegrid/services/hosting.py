@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,9 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
     plans = _validate_plans(request.plans, model)
 
     process_id = process_id_for(client_config.name, client_config.version)
-    if ctx.repo.get_process(process_id) is not None:
-        raise _duplicate(client_config)
+    existing = ctx.repo.get_process(process_id)
+    if existing is not None:
+        _refuse_unless_abandoned(existing, client_config, ctx.clock.now())
     process = Process(
         id=process_id,
         name=client_config.name,
@@ -66,10 +68,10 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
         plan_sizes={name: len(data) for name, data in plans.items()},
         created_at=ctx.clock.now(),
     )
-    try:
-        ctx.repo.create_hosting(process)
-    except Conflict:  # a concurrent host of the same name+version won
-        raise _duplicate(client_config) from None
+    if existing is None:
+        _create(ctx, process, client_config)
+    else:
+        _take_over(ctx, process, client_config)
     try:
         ctx.blobs.put(blobs.checkpoint_object(process_id, 1), model_bytes)
         for name, data in plans.items():
@@ -80,6 +82,33 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
         ctx.repo.delete_process(process_id)
         raise
     return Hosted(process_id)
+
+
+def _refuse_unless_abandoned(existing: Process, config: ClientConfig, now: datetime) -> None:
+    """Only a hosting that died half-way may be hosted again (409 otherwise, saying why)."""
+    existing.in_service()
+    existing.refuse_while_hosting(now)
+    if not existing.hosting_abandoned(now):
+        raise _duplicate(config)
+
+
+def _create(ctx: Context, process: Process, config: ClientConfig) -> None:
+    try:
+        ctx.repo.create_hosting(process)
+    except Conflict:  # a concurrent host of the same name+version won
+        raise _duplicate(config) from None
+
+
+def _take_over(ctx: Context, process: Process, config: ClientConfig) -> None:
+    """Replace an abandoned hosting's document, if it is still that one (of two retries at
+    once, the second finds the first's fresh document: a duplicate), then remove the
+    objects the dead attempt uploaded. It left no other document: cycle 1 is created
+    in the same write that ends the hosting."""
+    now = ctx.clock.now()
+    taken = ctx.repo.update_process(process.id, lambda stored: stored.taken_over_by(process, now))
+    if taken is None:
+        raise _duplicate(config)
+    ctx.blobs.delete_prefix(blobs.process_prefix(process.id))
 
 
 def _duplicate(config: ClientConfig) -> Conflict:
