@@ -1,4 +1,4 @@
-"""Hosting a model for training (PyGrid's ``host-training``)."""
+"""Hosting a model for training (PyGrid's ``host-training``), and deleting a process."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from firegrid.domain import blobs, limits
 from firegrid.domain.config import ClientConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus, deadline_for
 from firegrid.domain.diffs import schema_of
-from firegrid.domain.errors import BadRequest, Conflict
+from firegrid.domain.errors import BadRequest, Conflict, NotFound
 from firegrid.domain.fields import is_reserved_name
 from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
 from firegrid.services.context import Context
-from firegrid.services.results import Hosted
+from firegrid.services.results import Deleted, Hosted
 from firegrid.tensors import decode_state
 
 
@@ -82,6 +82,30 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
         ctx.repo.delete_process(process_id)
         raise
     return Hosted(process_id)
+
+
+def delete_process(ctx: Context, request: api.DeleteProcess) -> Deleted:
+    """Delete a process with everything it owns; running it again finishes a deletion
+    that died half-way.
+
+    The process is first marked ``deleting``: devices get 409 ``process_deleting``, and
+    neither triggers, the tick nor an aggregation already running start or complete
+    anything for it. Then its documents go (the process document last) and, after them,
+    its objects: a report or an aggregation still in flight then finds its cycle gone
+    and deletes the object it wrote. The process is found by name and version, so a
+    run after the process document was deleted still removes what remains.
+    """
+    process_id = process_id_for(request.name, request.version)
+    now = ctx.clock.now()
+    marked = ctx.repo.update_process(process_id, lambda stored: stored.marked_for_deletion(now))
+    documents = ctx.repo.delete_process(process_id)
+    objects = ctx.blobs.delete_prefix(blobs.process_prefix(process_id))
+    if marked is None and not documents and not objects:
+        raise NotFound(
+            f"No process for model '{request.name}' version '{request.version}'",
+            "unknown_process",
+        )
+    return Deleted(process_id=process_id, documents=documents, objects=objects)
 
 
 def _refuse_unless_abandoned(existing: Process, config: ClientConfig, now: datetime) -> None:
