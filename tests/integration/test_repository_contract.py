@@ -497,7 +497,11 @@ def test_a_reset_drops_unreported_places_and_frees_their_slots(repo: Repository)
         repo.update_cycle("p1", 1, lambda c: c.reset(open_cycle, None, drop_unreported=True))
         is None
     )
+    assert repo.get_cycle("p1", 1).drop_pending
     dropped = repo.drop_assignments("p1", 1, lambda a: a.dropped_by_reset(reset.epoch))
+    assert repo.drop_assignments("p1", 1, lambda a: a.dropped_by_reset(reset.epoch)) == []
+    assert repo.update_cycle("p1", 1, lambda c: c.places_dropped(reset.epoch)) is not None
+    assert not repo.get_cycle("p1", 1).drop_pending
 
     assert dropped == ["w2"]
     assert {a.worker_id for a in repo.assignments("p1", 1)} == {"w1"}

@@ -66,8 +66,13 @@ def test_a_reset_applies_once_to_the_cycle_it_saw() -> None:
     dropped = OPEN.reset(OPEN, later, drop_unreported=True)
     extended = OPEN.reset(OPEN, later, drop_unreported=False)
 
-    assert dropped == dataclasses.replace(OPEN, deadline=later, epoch=1, resets=1)
+    assert dropped == dataclasses.replace(
+        OPEN, deadline=later, epoch=1, resets=1, drop_pending=True
+    )
     assert extended == dataclasses.replace(OPEN, deadline=later, resets=1)
+    assert dropped.places_dropped(1) == dataclasses.replace(dropped, drop_pending=False)
+    assert dropped.places_dropped(0) is None  # a later reset is pending: not done yet
+    assert OPEN.places_dropped(0) is None and extended.places_dropped(0) is None
     assert dropped.reset(OPEN, later, drop_unreported=True) is None  # someone reset it first
     assert OPEN.begin_closing(T0).reset(OPEN, later, drop_unreported=True) is None
 

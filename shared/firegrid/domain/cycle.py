@@ -64,6 +64,9 @@ class Cycle:
     """Reported diffs left out at closing because they could not be used, by reason."""
     last_error: str | None = None
     """Why the last aggregation failed (shown by ``admin/status``)."""
+    drop_pending: bool = False
+    """A reset into this epoch has not yet freed the unreported places of earlier epochs:
+    the instance that reset it drops them next, and the tick does if that one died."""
 
     @property
     def checkpoint(self) -> int:
@@ -125,6 +128,7 @@ class Cycle:
             closing_lease_until=None,
             closing_at=None,
             skipped=_merged(self.skipped, skipped),
+            drop_pending=drop_unreported or self.drop_pending,
         )
 
     def complete(
@@ -156,7 +160,20 @@ class Cycle:
         if not unchanged:
             return None
         epoch = self.epoch + 1 if drop_unreported else self.epoch
-        return replace(self, deadline=deadline, epoch=epoch, resets=self.resets + 1)
+        return replace(
+            self,
+            deadline=deadline,
+            epoch=epoch,
+            resets=self.resets + 1,
+            drop_pending=drop_unreported or self.drop_pending,
+        )
+
+    def places_dropped(self, epoch: int) -> Cycle | None:
+        """The unreported places of the epochs before ``epoch`` were freed (None if that
+        was recorded already, or a later reset is pending now)."""
+        if not self.drop_pending or self.epoch != epoch:
+            return None
+        return replace(self, drop_pending=False)
 
 
 @dataclass(frozen=True, kw_only=True)

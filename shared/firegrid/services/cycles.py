@@ -14,6 +14,7 @@ import numpy as np
 from firegrid.domain import blobs
 from firegrid.domain.aggregation import AggregationFailed, Contribution, aggregate, fedavg_weights
 from firegrid.domain.cycle import (
+    Cycle,
     CycleStatus,
     CycleSummary,
     ProcessStatus,
@@ -181,10 +182,18 @@ def _reopen(ctx: Context, process: Process, seq: int, skipped: Mapping[str, int]
         return
     log.warning("cycle %s/%d reopened: too few usable diffs (%s)", process.id, seq, skipped)
     if drop:
-        dropped = ctx.repo.drop_assignments(
-            process.id, seq, lambda a: a.dropped_by_reset(reopened.epoch)
-        )
-        _notify(pool.after_cycle_reset, ctx, process.id, seq, dropped)
+        _drop_places(ctx, process.id, reopened)
+
+
+def _drop_places(ctx: Context, process_id: str, cycle: Cycle) -> None:
+    """Free the unreported places a reset into ``cycle.epoch`` dropped, record that it is
+    done, and tell the workers. Safe to repeat: the tick does it again for a reset whose
+    instance died before recording it (each place is freed once, each push sent once)."""
+    dropped = ctx.repo.drop_assignments(
+        process_id, cycle.seq, lambda a: a.dropped_by_reset(cycle.epoch)
+    )
+    ctx.repo.update_cycle(process_id, cycle.seq, lambda c: c.places_dropped(cycle.epoch))
+    _notify(pool.after_cycle_reset, ctx, process_id, cycle.seq, dropped)
 
 
 def _notify(send: Callable[..., None], *args: Any) -> None:
@@ -262,7 +271,11 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
         if after is not None and after.last_error is not None:
             report.failed.append(label)
         return
-    if cycle.status is not CycleStatus.OPEN or not is_expired(cycle, now):
+    if cycle.status is not CycleStatus.OPEN:
+        return
+    if cycle.drop_pending:  # the instance that reset it died before freeing the places
+        _drop_places(ctx, process.id, cycle)
+    if not is_expired(cycle, now):
         return
     config = process.server_config
     if has_enough(ctx.repo.count_reported(process.id, cycle.seq), config):
@@ -276,11 +289,6 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
     )
     if reset is None:  # another tick got there first
         return
-    dropped = (
-        ctx.repo.drop_assignments(process.id, cycle.seq, lambda a: a.dropped_by_reset(reset.epoch))
-        if drop
-        else []
-    )
     (report.reset if drop else report.extended).append(label)
     if drop:
-        _notify(pool.after_cycle_reset, ctx, process.id, cycle.seq, dropped)
+        _drop_places(ctx, process.id, reset)
