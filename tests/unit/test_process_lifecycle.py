@@ -298,3 +298,12 @@ def test_an_aggregation_outlived_by_the_deletion_leaves_no_object(closing) -> No
 
     assert ctx.repo.processes == {} and ctx.repo.cycles == {}
     assert ctx.blobs.objects == {}  # the checkpoint written after the sweep went too
+
+
+def test_the_cli_deletes_nothing_without_a_yes(capsys) -> None:
+    from firegrid.commands import main
+
+    target = ["--base-url", "http://127.0.0.1:9", "--token", "t"]  # nothing listens there
+
+    assert main(["delete-process", "mnist", "1.0", *target]) == 1
+    assert "not deleted: pass --yes" in capsys.readouterr().err
