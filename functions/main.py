@@ -53,6 +53,7 @@ DEVICE_ROUTES: wire.Routes = {
 
 ADMIN_ROUTES: wire.Routes = {
     ("POST", "/host-training"): wire.json_route(api.HostTraining.parse, hosting.host_training),
+    ("POST", "/delete-process"): wire.json_route(api.DeleteProcess.parse, hosting.delete_process),
     ("GET", "/status"): wire.query_route(api.ProcessQuery.parse, operator.status),
     ("GET", "/retrieve-model"): wire.query_route(
         api.CheckpointQuery.parse, operator.retrieve_model

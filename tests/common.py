@@ -95,5 +95,11 @@ def published(ctx: Context, process_id: str, number: int) -> str:
 
 def checkpoint_writes(ctx: Context, process_id: str, number: int) -> list[str]:
     """Every write of an aggregated checkpoint ``number``, whichever attempt made it."""
-    prefix = blobs.checkpoint_object(process_id, number).removesuffix(".safetensors") + "-"
-    return [name for name in ctx.blobs.writes if name.startswith(prefix)]
+    return [
+        name for name in ctx.blobs.writes if name.startswith(checkpoint_prefix(process_id, number))
+    ]
+
+
+def checkpoint_prefix(process_id: str, number: int) -> str:
+    """What the name of every aggregation attempt's checkpoint ``number`` starts with."""
+    return blobs.checkpoint_object(process_id, number).removesuffix(".safetensors") + "-"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -144,10 +145,12 @@ class FakeBlobStore:
         with self._lock:
             self.objects.pop(name, None)
 
-    def delete_prefix(self, prefix: str) -> None:
+    def delete_prefix(self, prefix: str) -> int:
         with self._lock:
-            for name in [n for n in self.objects if n.startswith(prefix)]:
+            names = [n for n in self.objects if n.startswith(prefix)]
+            for name in names:
                 del self.objects[name]
+            return len(names)
 
     def signed_url(
         self,
@@ -175,6 +178,8 @@ class CycleRecord:
     """Worker id -> (epoch, invited_at)."""
     locks: dict[str, datetime] = field(default_factory=dict)
     """Lock name -> held until."""
+    report_claims: set[str] = field(default_factory=set)
+    """``{worker}-{epoch}`` of each counted report (Firestore keeps its claim document)."""
 
 
 class FakeRepository:
@@ -216,9 +221,39 @@ class FakeRepository:
             self.cycles[key] = CycleRecord(cycle=first_cycle)
             self.processes[process.id] = process
 
-    def delete_process(self, process_id: str) -> None:
+    def update_process(
+        self, process_id: str, change: Callable[[Process], Process | None]
+    ) -> Process | None:
         with self._lock:
-            self.processes.pop(process_id, None)
+            current = self.processes.get(process_id)
+            changed = change(current) if current is not None else None
+            if changed is not None:
+                self.processes[process_id] = changed
+            return changed
+
+    def delete_process(self, process_id: str) -> dict[str, int]:
+        with self._lock:
+            deleted: Counter[str] = Counter()
+            for key in [k for k in self.cycles if k[0] == process_id]:
+                record = self.cycles.pop(key)
+                deleted["cycles"] += 1
+                deleted["assignments"] += len(record.assignments)
+                deleted["slots"] += len(record.slots)
+                deleted["invitations"] += len(record.invitations)
+                deleted["locks"] += len(record.locks)
+                deleted["report_claims"] += len(record.report_claims)
+            for name, collection in (
+                ("invited", self.invited),
+                ("metrics", self.metrics),
+                ("pushes", self.pushes),
+            ):
+                deleted[name] += len(collection.pop(process_id, {}))
+            workers = [w for w in self.workers.values() if w.process_id == process_id]
+            for worker in workers:
+                del self.workers[worker.id]
+            deleted["workers"] = len(workers)
+            deleted["processes"] = int(self.processes.pop(process_id, None) is not None)
+            return {name: count for name, count in deleted.items() if count}
 
     def get_process(self, process_id: str) -> Process | None:
         with self._lock:
@@ -302,12 +337,14 @@ class FakeRepository:
         seq: int,
         change: Callable[[Cycle], Cycle | None],
         next_cycle: Cycle | None,
-        process: Process,
+        progress: Callable[[Process], Process | None],
     ) -> Cycle | None:
         with self._lock:
-            record = self._record(process_id, seq)
-            changed = change(record.cycle) if record is not None else None
-            if record is None or changed is None:
+            record, stored = self._record(process_id, seq), self.processes.get(process_id)
+            if record is None or stored is None:
+                return None
+            changed, progressed = change(record.cycle), progress(stored)
+            if changed is None or progressed is None:
                 return None
             if next_cycle is not None and (process_id, next_cycle.seq) in self.cycles:
                 raise LookupError(f"cycle {next_cycle.seq} exists already")  # as create() fails
@@ -315,10 +352,10 @@ class FakeRepository:
             if next_cycle is not None:
                 self.cycles[(process_id, next_cycle.seq)] = CycleRecord(cycle=next_cycle)
             self.processes[process_id] = dataclasses.replace(
-                self.processes[process_id],
-                status=process.status,
-                current_cycle=process.current_cycle,
-                latest_checkpoint=process.latest_checkpoint,
+                stored,
+                status=progressed.status,
+                current_cycle=progressed.current_cycle,
+                latest_checkpoint=progressed.latest_checkpoint,
             )
             return changed
 
@@ -379,6 +416,7 @@ class FakeRepository:
                 raise LookupError(f"no worker document {worker_id}")
             self.workers[worker_id] = dataclasses.replace(self.workers[worker_id], last_cycle=seq)
             record.assignments[worker_id] = admitted
+            record.report_claims.add(f"{worker_id}-{report.epoch}")
             return admitted
 
     def count_reported(self, process_id: str, seq: int) -> int:

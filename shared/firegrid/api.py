@@ -304,6 +304,23 @@ class ProcessQuery:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeleteProcess:
+    """One process, named by both ``name`` and ``version``: a deletion never guesses."""
+
+    name: str
+    version: str
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> DeleteProcess:
+        fields = Fields(raw)
+        name = _name(fields, "name")
+        version = fields.version("version")
+        if version is None:
+            raise BadRequest("'version' is required: a deletion names one process", "missing_field")
+        return cls(name=name, version=version)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckpointQuery(ProcessQuery):
     number: int | None
     """None: the latest checkpoint."""

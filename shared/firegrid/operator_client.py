@@ -1,5 +1,5 @@
-"""The operator API over HTTP (function ``admin``): host a process, read its status,
-checkpoints and metrics, push, tick. Every operator verb of the CLI is built on it."""
+"""The operator API over HTTP (function ``admin``): host or delete a process, read its
+status, checkpoints and metrics, push, tick. Every operator verb of the CLI is built on it."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ class OperatorClient(FunctionClient):
             "server_config": dict(server_config),
         }
         return str(self._call("POST", "host-training", json=body).json()["process_id"])
+
+    def delete_process(self, name: str, version: str) -> dict[str, Any]:
+        """Delete the process and everything it owns; what was removed (counts)."""
+        body = {"name": name, "version": version}
+        return dict(self._call("POST", "delete-process", json=body).json())
 
     def status(self, name: str, version: str | None = None) -> dict[str, Any]:
         return dict(self._call("GET", "status", params=_named(name, version)).json())

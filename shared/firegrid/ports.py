@@ -44,7 +44,10 @@ class BlobStore(Protocol):
 
     def delete(self, name: str) -> None: ...
 
-    def delete_prefix(self, prefix: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose name starts with ``prefix`` (those already gone are
+        skipped, so a second run finishes a first one); how many this call deleted."""
+        ...
 
     def signed_url(
         self,
@@ -59,6 +62,9 @@ class BlobStore(Protocol):
         ...
 
 
+ProcessChange = Callable[[Process], "Process | None"]
+
+
 class ProcessRepository(Protocol):
     def create_hosting(self, process: Process) -> None:
         """Create the process document; ``Conflict`` if name+version exists."""
@@ -68,7 +74,18 @@ class ProcessRepository(Protocol):
         """Create cycle 1 and store the process's new status, atomically."""
         ...
 
-    def delete_process(self, process_id: str) -> None: ...
+    def update_process(self, process_id: str, change: ProcessChange) -> Process | None:
+        """Replace the stored process with what ``change`` makes of it, atomically (re-applied
+        on a concurrent write); the process as stored, or None if absent or declined."""
+        ...
+
+    def delete_process(self, process_id: str) -> dict[str, int]:
+        """Delete every document of the process: those under it (cycles and everything
+        under them, invited, pushes, metrics), its workers, then the process document
+        itself, in batches of at most 500 writes. A second run finishes what a first one
+        left (documents under a process document already gone included). Documents
+        deleted, by collection name (``processes``, ``workers``, ``cycles``, ...)."""
+        ...
 
     def get_process(self, process_id: str) -> Process | None: ...
 
@@ -126,10 +143,12 @@ class CycleRepository(Protocol):
         seq: int,
         change: CycleChange,
         next_cycle: Cycle | None,
-        process: Process,
+        progress: ProcessChange,
     ) -> Cycle | None:
         """``update_cycle``, and in the same atomic write create ``next_cycle`` and store
-        the process's progress (status, current cycle, latest checkpoint)."""
+        the progress (status, current cycle, latest checkpoint) ``progress`` makes of the
+        stored process; nothing is written if either change declines (or the process
+        changed meanwhile and then declines)."""
         ...
 
     def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None: ...

@@ -38,6 +38,7 @@ from firegrid.services.context import Context
 from firegrid.services.cycles import TickReport
 from firegrid.services.results import (
     Authenticated,
+    Deleted,
     Done,
     Empty,
     Hosted,
@@ -240,6 +241,18 @@ def _(result: Stored) -> flask.Response:
 @render.register
 def _(result: Hosted) -> flask.Response:
     return _json({"status": "success", "process_id": result.process_id}, status=201)
+
+
+@render.register
+def _(result: Deleted) -> flask.Response:
+    return _json(
+        {
+            "status": "success",
+            "process_id": result.process_id,
+            "documents": dict(result.documents),
+            "objects": result.objects,
+        }
+    )
 
 
 @render.register

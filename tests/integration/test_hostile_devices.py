@@ -329,10 +329,8 @@ def test_a_sample_total_beyond_int64_is_stored_not_jammed(api: Api, stack_env) -
     )
     summary = CycleSummary(num_diffs=3, total_samples=2**70, checkpoint_out=2, closed_at=now)
 
-    process = repo.get_process(process_id)
-    assert process is not None
     completed = repo.complete_cycle(
-        process_id, 1, lambda c: c.complete("test", summary), None, process.after_cycle(2, None)
+        process_id, 1, lambda c: c.complete("test", summary), None, lambda p: p.after_cycle(2, None)
     )
 
     assert completed is not None

@@ -159,6 +159,98 @@ def test_processes_are_found_by_name_and_version_and_deleted(repo: Repository) -
     assert repo.get_process("a") is None
 
 
+def test_an_abandoned_hosting_is_taken_over_by_exactly_one_retry(repo: Repository) -> None:
+    repo.create_hosting(process())
+    later = T0 + timedelta(hours=1)
+    retries = [process(created_at=later, key_secret=f"retry-{i}") for i in range(6)]
+
+    taken = concurrently(6, lambda i: repo.update_process("p1", lambda p: p.taken_over_by(
+        retries[i], later)))  # fmt: skip
+
+    winners = [t for t in taken if t is not None]
+    assert len(winners) == 1 and winners[0] in retries
+    assert repo.get_process("p1") == winners[0]
+    assert repo.update_process("p1", lambda p: p.taken_over_by(retries[0], later)) is None
+    assert repo.update_process("absent", lambda p: p) is None
+
+
+def test_a_process_marked_for_deletion_never_completes_a_cycle(repo: Repository) -> None:
+    hosted(repo)
+    leased(repo, "h")
+    marked = repo.update_process("p1", lambda p: p.marked_for_deletion(T0))
+    summary = CycleSummary(num_diffs=1, total_samples=3, checkpoint_out=2, closed_at=T0)
+
+    done = repo.complete_cycle(
+        "p1", 1, lambda c: c.complete("h", summary), cycle(seq=2), lambda p: p.after_cycle(2, 2)
+    )
+
+    assert done is None
+    assert repo.get_process("p1") == marked and marked.status is ProcessStatus.DELETING
+    assert repo.get_cycle("p1", 1).status is CycleStatus.CLOSING
+    assert repo.get_cycle("p1", 2) is None
+    assert repo.training_processes() == []
+
+
+def test_deleting_a_process_removes_every_document_it_owns(repo: Repository) -> None:
+    hosted(repo)
+    hosted(repo, "other", name="other")
+    open_cycle = repo.get_cycle("p1", 1)
+    rng = random.Random(0)
+    for wid in ("w1", "w2", "w3"):
+        repo.save_worker(worker(wid))
+        repo.claim_place("p1", open_cycle, wid, T0, lambda taken: free_slot(taken, 5, rng))
+    repo.save_worker(worker("x", pid="other"))
+    repo.record_report("p1", 1, "w1", report())
+    repo.record_invitations("p1", 1, 0, ["w1", "w2"], T0)
+    repo.mark_invited("p1", ["w1", "w2"], T0)
+    assert repo.try_lock("p1", 1, "invite", T0, T0 + timedelta(seconds=60))
+    leased(repo, "h")
+    summary = CycleSummary(num_diffs=1, total_samples=7, checkpoint_out=2, closed_at=T0)
+    repo.complete_cycle(
+        "p1", 1, lambda c: c.complete("h", summary), cycle(seq=2), lambda p: p.after_cycle(2, 2)
+    )
+    repo.claim_push("p1", "k", {"type": "t", "created_at": T0})
+    row = {"client_id": "c", "cycle_id": 1, "accuracy": 0.5, "num_samples": 3, "set": "test"}
+    repo.add_metrics("p1", [row | {"client_id": f"c{i}"} for i in range(300)])
+    repo.add_metrics("p1", [row | {"client_id": f"d{i}"} for i in range(300)])  # > one batch
+    repo.update_process("p1", lambda p: p.marked_for_deletion(T0))
+
+    deleted = repo.delete_process("p1")
+
+    assert deleted == {
+        "processes": 1,
+        "cycles": 2,
+        "assignments": 3,
+        "slots": 3,
+        "invitations": 2,
+        "locks": 1,
+        "report_claims": 1,
+        "invited": 2,
+        "pushes": 1,
+        "metrics": 600,
+        "workers": 3,
+    }
+    assert repo.get_process("p1") is None and repo.processes_named("mnist", None) == []
+    assert repo.get_cycle("p1", 1) is None and repo.get_cycle("p1", 2) is None
+    assert repo.assignments("p1", 1) == [] and repo.invitations("p1", 1) == {}
+    assert repo.process_workers("p1") == [] and repo.last_invited("p1") == {}
+    assert repo.list_metrics("p1") == [] and repo.recent_pushes("p1") == []
+    assert repo.get_process("other") is not None and repo.get_cycle("other", 1) is not None
+    assert [w.id for w in repo.process_workers("other")] == ["x"]
+    assert repo.delete_process("p1") == {}  # nothing left: a second run is harmless
+
+
+def test_a_second_deletion_finds_what_a_crashed_one_left_under_a_deleted_process(
+    repo: Repository,
+) -> None:
+    row = {"client_id": "c", "cycle_id": 1, "accuracy": 0.5, "num_samples": 3, "set": "test"}
+    repo.add_metrics("gone", [row])  # no process document above it
+    repo.save_worker(worker("w1", pid="gone"))
+
+    assert repo.delete_process("gone") == {"metrics": 1, "workers": 1}
+    assert repo.list_metrics("gone") == [] and repo.get_worker("w1") is None
+
+
 # -- workers ------------------------------------------------------------------------
 
 
@@ -250,12 +342,15 @@ def leased(repo: Repository, holder: str) -> None:
 
 
 def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository) -> None:
-    started = hosted(repo)
+    hosted(repo)
     leased(repo, "h")
     summary = CycleSummary(
         num_diffs=2, total_samples=2**70, checkpoint_out=2, closed_at=T0, checkpoint_object="c2"
     )
-    progressed = started.after_cycle(2, 2)
+
+    def progressed(p: Process) -> Process | None:
+        return p.after_cycle(2, 2)
+
     overtaken = repo.complete_cycle(
         "p1", 1, lambda c: c.complete("old", summary), cycle(seq=2), progressed
     )
@@ -275,12 +370,12 @@ def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository
 
 
 def test_the_last_cycle_completes_the_process(repo: Repository) -> None:
-    started = hosted(repo)
+    hosted(repo)
     leased(repo, "h")
     summary = CycleSummary(num_diffs=1, total_samples=3, checkpoint_out=2, closed_at=T0)
 
     repo.complete_cycle(
-        "p1", 1, lambda c: c.complete("h", summary), None, started.after_cycle(2, None)
+        "p1", 1, lambda c: c.complete("h", summary), None, lambda p: p.after_cycle(2, None)
     )
 
     assert repo.get_process("p1").status is ProcessStatus.COMPLETED
@@ -417,7 +512,11 @@ def test_a_reset_drops_unreported_places_and_frees_their_slots(repo: Repository)
         repo.update_cycle("p1", 1, lambda c: c.reset(open_cycle, None, drop_unreported=True))
         is None
     )
+    assert repo.get_cycle("p1", 1).drop_pending
     dropped = repo.drop_assignments("p1", 1, lambda a: a.dropped_by_reset(reset.epoch))
+    assert repo.drop_assignments("p1", 1, lambda a: a.dropped_by_reset(reset.epoch)) == []
+    assert repo.update_cycle("p1", 1, lambda c: c.places_dropped(reset.epoch)) is not None
+    assert not repo.get_cycle("p1", 1).drop_pending
 
     assert dropped == ["w2"]
     assert {a.worker_id for a in repo.assignments("p1", 1)} == {"w1"}

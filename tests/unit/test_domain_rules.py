@@ -13,6 +13,7 @@ from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, CycleSummary, ProcessStatus
 from firegrid.domain.errors import Conflict
 from firegrid.domain.model import (
+    HOSTING_STALE_AFTER,
     Assignment,
     Process,
     Report,
@@ -75,8 +76,13 @@ def test_a_reset_applies_once_to_the_cycle_it_saw() -> None:
     dropped = OPEN.reset(OPEN, later, drop_unreported=True)
     extended = OPEN.reset(OPEN, later, drop_unreported=False)
 
-    assert dropped == dataclasses.replace(OPEN, deadline=later, epoch=1, resets=1)
+    assert dropped == dataclasses.replace(
+        OPEN, deadline=later, epoch=1, resets=1, drop_pending=True
+    )
     assert extended == dataclasses.replace(OPEN, deadline=later, resets=1)
+    assert dropped.places_dropped(1) == dataclasses.replace(dropped, drop_pending=False)
+    assert dropped.places_dropped(0) is None  # a later reset is pending: not done yet
+    assert OPEN.places_dropped(0) is None and extended.places_dropped(0) is None
     assert dropped.reset(OPEN, later, drop_unreported=True) is None  # someone reset it first
     assert OPEN.begin_closing(T0).reset(OPEN, later, drop_unreported=True) is None
 
@@ -124,14 +130,46 @@ def test_a_process_moves_on_after_each_cycle_and_completes_after_the_last() -> N
     )
 
 
-def test_the_current_version_is_the_newest_one_no_longer_hosting() -> None:
+def test_the_current_version_is_the_newest_one_neither_hosting_nor_deleting() -> None:
     old = _process(id="a", status=ProcessStatus.COMPLETED)
     new = _process(id="b", status=ProcessStatus.TRAINING, created_at=T0 + timedelta(1))
     being_hosted = _process(id="c", created_at=T0 + timedelta(2))
+    deleting = _process(id="d", status=ProcessStatus.DELETING, created_at=T0 + timedelta(3))
 
-    assert current_version([old, new, being_hosted]) == new
-    assert current_version([being_hosted]) is None
+    assert current_version([old, new, being_hosted, deleting]) == new
+    assert current_version([being_hosted, deleting]) is None
     assert current_version([]) is None
+
+
+def test_a_hosting_is_abandoned_only_once_stale_and_then_taken_over() -> None:
+    hosting = _process()
+    fresh = _process(key_secret="fresh", created_at=hosting.hosting_retry_at)
+    just_before = hosting.hosting_retry_at - timedelta(microseconds=1)
+
+    assert hosting.hosting_retry_at == T0 + HOSTING_STALE_AFTER
+    assert not hosting.hosting_abandoned(just_before)
+    assert hosting.taken_over_by(fresh, just_before) is None
+    assert hosting.taken_over_by(fresh, hosting.hosting_retry_at) == fresh
+    assert fresh.taken_over_by(hosting, hosting.hosting_retry_at) is None  # a second retry loses
+    for status in (ProcessStatus.TRAINING, ProcessStatus.COMPLETED, ProcessStatus.DELETING):
+        assert not _process(status=status).hosting_abandoned(T0 + timedelta(days=9))
+
+
+def test_a_process_marked_for_deletion_takes_no_more_work() -> None:
+    training = _process(status=ProcessStatus.TRAINING)
+
+    marked = training.marked_for_deletion(T0)
+
+    assert marked.status is ProcessStatus.DELETING
+    assert marked.after_cycle(2, 2) is None and _process().after_cycle(2, 2) is None
+    assert training.in_service() == training
+    with pytest.raises(Conflict) as deleting:
+        marked.in_service()
+    assert deleting.value.code == "process_deleting"
+    with pytest.raises(Conflict) as busy:
+        _process().marked_for_deletion(T0)
+    assert busy.value.code == "hosting_in_progress"
+    assert _process().marked_for_deletion(T0 + HOSTING_STALE_AFTER).status is ProcessStatus.DELETING
 
 
 def test_report_admission() -> None:

@@ -28,6 +28,7 @@ from tests.unit.test_services import (
     host,
     host_body,
     join,
+    login,
     send_report,
 )
 
@@ -275,3 +276,39 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+class Killed(BaseException):
+    """The instance stopped mid-call: no ``except Exception`` runs."""
+
+
+def test_a_reset_that_died_before_freeing_the_places_is_finished_by_the_next_tick(
+    ctx, tiny
+) -> None:
+    process_id = host(ctx, tiny, max_workers=1, max_diffs=1)
+    late_worker, late_key = join(ctx)
+    newcomer = login(ctx)
+    assert ask(ctx, newcomer)["reason"] == "cycle_full"
+    drop = ctx.repo.drop_assignments
+
+    def killed(*args: Any) -> list[str]:
+        raise Killed
+
+    ctx.repo.drop_assignments = killed
+    ctx.clock.advance(61)
+    with pytest.raises(Killed):
+        cycles.tick(ctx)  # the epoch moved on, the place was not freed
+    ctx.repo.drop_assignments = drop
+    assert ctx.repo.get_cycle(process_id, 1).drop_pending
+    assert ask(ctx, newcomer)["reason"] == "cycle_full"
+
+    cycles.tick(ctx)
+
+    cycle = ctx.repo.get_cycle(process_id, 1)
+    assert (cycle.epoch, cycle.drop_pending) == (1, False)
+    assert ask(ctx, newcomer)["status"] == "accepted"
+    with pytest.raises(Conflict) as dropped:
+        send_report(ctx, late_worker, late_key, constant_diff(tiny, 0.1))
+    assert dropped.value.code == "assignment_dropped"
+    cycles.tick(ctx)
+    assert ctx.repo.get_assignment(process_id, 1, newcomer) is not None

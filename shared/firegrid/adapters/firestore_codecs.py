@@ -117,6 +117,7 @@ def cycle_doc(cycle: Cycle) -> Document:
         "resets": cycle.resets,
         "skipped": dict(cycle.skipped),
         "last_error": cycle.last_error,
+        "drop_pending": cycle.drop_pending,
         "num_diffs": summary.num_diffs if summary else None,
         "total_samples": _int64_or_float(summary.total_samples) if summary else None,
         "checkpoint_out": summary.checkpoint_out if summary else None,
@@ -152,6 +153,7 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
         summary=summary,
         skipped=data.get("skipped") or {},
         last_error=data.get("last_error"),
+        drop_pending=bool(data.get("drop_pending")),
     )
 
 

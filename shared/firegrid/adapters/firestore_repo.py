@@ -13,6 +13,7 @@ the cycle and the assignment, serialised among its twins by a report claim.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from firegrid.adapters import firestore_codecs as codecs
 from firegrid.domain.cycle import Cycle, ProcessStatus
@@ -34,8 +36,13 @@ REPORT_CLAIM_TTL = timedelta(seconds=60)
 _IN_FILTER_LIMIT = 30
 """Firestore's limit on the values of an ``in`` filter."""
 _BATCH_LIMIT = 400
+"""Writes per batch: below Firestore's 500."""
 
 T = TypeVar("T")
+
+
+class _Declined(Exception):
+    """A change to a second document, decided inside a conditional write, declined."""
 
 
 class FirestoreRepository:
@@ -115,8 +122,41 @@ class FirestoreRepository:
         batch.update(self._process_ref(process.id), codecs.process_progress(process))
         batch.commit()
 
-    def delete_process(self, process_id: str) -> None:
-        self._process_ref(process_id).delete()
+    def update_process(
+        self, process_id: str, change: Callable[[Process], Process | None]
+    ) -> Process | None:
+        return self._update_if(
+            self._process_ref(process_id),
+            lambda data: codecs.process_from(process_id, data),
+            change,
+            codecs.process_doc,
+        )
+
+    def delete_process(self, process_id: str) -> dict[str, int]:
+        """Everything under the process first, whatever the collection (a query over all
+        descendants finds documents under a parent already deleted), then its workers,
+        the process document last: until the end, it says a deletion is under way."""
+        deleted: Counter[str] = Counter()
+        ref = self._process_ref(process_id)
+        for collection in ref.collections():
+            self._delete_found(collection.recursive(), deleted)
+        self._delete_found(self._process_workers(process_id), deleted)
+        if ref.get().exists:
+            ref.delete()
+            deleted["processes"] += 1
+        return dict(deleted)
+
+    def _delete_found(self, query: firestore.Query, deleted: Counter[str]) -> None:
+        """Delete what ``query`` finds, one bounded batch at a time, until it finds nothing."""
+        while True:
+            found = list(query.select([FieldPath.document_id()]).limit(_BATCH_LIMIT).stream())
+            if not found:
+                return
+            batch = self._db.batch()
+            for snap in found:
+                batch.delete(snap.reference)
+                deleted[snap.reference.parent.id] += 1
+            batch.commit()
 
     def get_process(self, process_id: str) -> Process | None:
         snap = self._process_ref(process_id).get()
@@ -209,22 +249,41 @@ class FirestoreRepository:
         seq: int,
         change: Callable[[Cycle], Cycle | None],
         next_cycle: Cycle | None,
-        process: Process,
+        progress: Callable[[Process], Process | None],
     ) -> Cycle | None:
+        process_ref = self._process_ref(process_id)
+
         def open_next(batch: firestore.WriteBatch) -> None:
+            """The process moves on in the same batch, unless it changed since it was read
+            (marked for deletion, say): then the whole write is decided again."""
+            snap = process_ref.get()
+            progressed = (
+                progress(codecs.process_from(process_id, snap.to_dict() or {}))
+                if snap.exists
+                else None
+            )
+            if progressed is None:
+                raise _Declined
+            batch.update(
+                process_ref,
+                codecs.process_progress(progressed),
+                option=self._db.write_option(last_update_time=snap.update_time),
+            )
             if next_cycle is not None:
                 batch.create(
                     self._cycle_ref(process_id, next_cycle.seq), codecs.cycle_doc(next_cycle)
                 )
-            batch.update(self._process_ref(process_id), codecs.process_progress(process))
 
-        return self._update_if(
-            self._cycle_ref(process_id, seq),
-            lambda data: codecs.cycle_from(process_id, data),
-            change,
-            codecs.cycle_doc,
-            open_next,
-        )
+        try:
+            return self._update_if(
+                self._cycle_ref(process_id, seq),
+                lambda data: codecs.cycle_from(process_id, data),
+                change,
+                codecs.cycle_doc,
+                open_next,
+            )
+        except _Declined:
+            return None
 
     def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None:
         snap = self._assignments(process_id, seq).document(worker_id).get()

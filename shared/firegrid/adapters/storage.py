@@ -60,9 +60,15 @@ class GcsBlobStore:
         with contextlib.suppress(gexc.NotFound):
             self._bucket.blob(name).delete()
 
-    def delete_prefix(self, prefix: str) -> None:
-        for blob in self._bucket.list_blobs(prefix=prefix):
-            blob.delete()
+    def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        for blob in self._bucket.list_blobs(prefix=prefix):  # paged: memory stays bounded
+            try:
+                blob.delete()
+            except gexc.NotFound:
+                continue  # deleted meanwhile by someone else
+            deleted += 1
+        return deleted
 
     def signed_url(
         self,

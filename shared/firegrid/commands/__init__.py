@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "metrics": "firegrid.commands.metrics",
     "simulate": "firegrid.commands.simulate",
     "push": "firegrid.commands.push",
+    "delete-process": "firegrid.commands.delete_process",
     "fuzz": "firegrid.commands.fuzz",
 }
 """Verb -> module that registers it (``metrics`` registers ``plot`` too)."""

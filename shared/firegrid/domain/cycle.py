@@ -36,6 +36,8 @@ class ProcessStatus(StrEnum):
     HOSTING = "hosting"
     TRAINING = "training"
     COMPLETED = "completed"
+    DELETING = "deleting"
+    """An operator is deleting it: it takes no more work, and its documents and objects go."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +72,9 @@ class Cycle:
     """Reported diffs left out at closing because they could not be used, by reason."""
     last_error: str | None = None
     """Why the last aggregation failed (shown by ``admin/status``)."""
+    drop_pending: bool = False
+    """A reset into this epoch has not yet freed the unreported places of earlier epochs:
+    the instance that reset it drops them next, and the tick does if that one died."""
 
     @property
     def checkpoint(self) -> int:
@@ -155,6 +160,7 @@ class Cycle:
             resets=self.resets + 1,
             closing_at=None,
             skipped=_merged(self.skipped, skipped),
+            drop_pending=drop_unreported or self.drop_pending,
         )
 
     def complete(
@@ -188,7 +194,20 @@ class Cycle:
         if not unchanged:
             return None
         epoch = self.epoch + 1 if drop_unreported else self.epoch
-        return replace(self, deadline=deadline, epoch=epoch, resets=self.resets + 1)
+        return replace(
+            self,
+            deadline=deadline,
+            epoch=epoch,
+            resets=self.resets + 1,
+            drop_pending=drop_unreported or self.drop_pending,
+        )
+
+    def places_dropped(self, epoch: int) -> Cycle | None:
+        """The unreported places of the epochs before ``epoch`` were freed (None if that
+        was recorded already, or a later reset is pending now)."""
+        if not self.drop_pending or self.epoch != epoch:
+            return None
+        return replace(self, drop_pending=False)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.diffs import Schema
 from firegrid.domain.errors import Conflict
+
+HOSTING_STALE_AFTER = timedelta(minutes=10)
+"""A process still ``hosting`` this long after its creation was left by an instance that
+died half-way: no hosting runs longer (the admin function is stopped after 9 minutes), so
+a new ``host-training`` of its name and version may take it over."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,18 +48,59 @@ class Process:
         """Hosted (checkpoint 1 and the plans stored): cycle 1 opens."""
         return replace(self, status=ProcessStatus.TRAINING)
 
-    def after_cycle(self, checkpoint_out: int, next_cycle: int | None) -> Process:
+    def after_cycle(self, checkpoint_out: int, next_cycle: int | None) -> Process | None:
         """A cycle completed into ``checkpoint_out``; training goes on in ``next_cycle``,
-        or is over."""
+        or is over. None unless training: a process being deleted never moves on (its
+        completion would recreate documents the deletion removes)."""
+        if self.status is not ProcessStatus.TRAINING:
+            return None
         if next_cycle is None:
             return replace(self, latest_checkpoint=checkpoint_out, status=ProcessStatus.COMPLETED)
         return replace(self, latest_checkpoint=checkpoint_out, current_cycle=next_cycle)
 
+    @property
+    def hosting_retry_at(self) -> datetime:
+        """When a hosting still unfinished is taken to have died half-way."""
+        return self.created_at + HOSTING_STALE_AFTER
+
+    def hosting_abandoned(self, now: datetime) -> bool:
+        """Left ``hosting`` by an instance that died: its name and version may be hosted anew."""
+        return self.status is ProcessStatus.HOSTING and now >= self.hosting_retry_at
+
+    def taken_over_by(self, fresh: Process, now: datetime) -> Process | None:
+        """A new hosting replaces this process only if this one's hosting was abandoned."""
+        return fresh if self.hosting_abandoned(now) else None
+
+    def refuse_while_hosting(self, now: datetime) -> None:
+        """A hosting still running (``Conflict``) says when it may be retried if it died."""
+        if self.status is ProcessStatus.HOSTING and not self.hosting_abandoned(now):
+            raise Conflict(
+                f"A hosting of model '{self.name}' version '{self.version}' is in progress "
+                f"(started {self.created_at.isoformat()}); if it died, it may be retried "
+                f"from {self.hosting_retry_at.isoformat()}",
+                "hosting_in_progress",
+            )
+
+    def marked_for_deletion(self, now: datetime) -> Process:
+        """``deleting``: from now on the process takes no more work. A hosting still running
+        is not deleted from under its instance (``Conflict``); an abandoned one is."""
+        self.refuse_while_hosting(now)
+        return replace(self, status=ProcessStatus.DELETING)
+
+    def in_service(self) -> Process:
+        """This process, unless it is being deleted (``Conflict``: it takes no more work)."""
+        if self.status is ProcessStatus.DELETING:
+            raise Conflict(
+                f"Model '{self.name}' version '{self.version}' is being deleted",
+                "process_deleting",
+            )
+        return self
+
 
 def current_version(processes: Iterable[Process]) -> Process | None:
     """What a name (and maybe a version) means to devices: the newest process that is
-    no longer being hosted."""
-    ready = [p for p in processes if p.status is not ProcessStatus.HOSTING]
+    neither being hosted nor being deleted."""
+    ready = [p for p in processes if p.status in (ProcessStatus.TRAINING, ProcessStatus.COMPLETED)]
     return max(ready, key=lambda p: p.created_at, default=None)
 
 

@@ -21,6 +21,7 @@ from firegrid.domain.cycle import (
     Cycle,
     CycleStatus,
     CycleSummary,
+    ProcessStatus,
     deadline_for,
     has_enough,
     is_expired,
@@ -43,7 +44,9 @@ def on_report(ctx: Context, process_id: str, seq: int) -> bool:
     aggregates it). True if this call marked it."""
     process = ctx.repo.get_process(process_id)
     cycle = ctx.repo.get_cycle(process_id, seq)
-    if process is None or cycle is None or cycle.status is not CycleStatus.OPEN:
+    if process is None or process.status is not ProcessStatus.TRAINING:
+        return False  # a process being deleted starts no closing
+    if cycle is None or cycle.status is not CycleStatus.OPEN:
         return False
     reported = ctx.repo.count_reported(process_id, seq)
     if not is_ready(cycle, reported, process.server_config, ctx.clock.now()):
@@ -62,12 +65,16 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     It never jams: a diff that cannot be used is left out (and recorded); too few usable
     diffs reopen the cycle as an expired one would be; any other failure releases the
     lease for the next attempt, and after ``MAX_AGGREGATION_ATTEMPTS`` the cycle is
-    ``failed``. True if this call completed the cycle.
+    ``failed``. A process being deleted is not aggregated; an aggregation that was
+    already running when the deletion began cannot complete (``Process.after_cycle``
+    declines) and deletes the checkpoint it wrote. True if this call completed the cycle.
     """
+    process = ctx.repo.get_process(process_id)
+    if process is None or process.status is not ProcessStatus.TRAINING:
+        return False
     lease = Lease(ctx, process_id, seq)
     cycle = lease.take()
-    process = ctx.repo.get_process(process_id)
-    if cycle is None or process is None:
+    if cycle is None:
         return False
     with lease.kept():
         try:
@@ -185,15 +192,15 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease) -> bo
         checkpoint_object=published,
     )
     next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx, published)
-    progressed = process.after_cycle(seq + 1, next_cycle.seq if next_cycle else None)
+    next_seq = next_cycle.seq if next_cycle else None
     completed = ctx.repo.complete_cycle(
         process.id,
         seq,
         lambda c: c.complete(lease.holder, summary, reasons),
         next_cycle,
-        progressed,
+        lambda stored: stored.after_cycle(seq + 1, next_seq),
     )
-    if completed is None:  # overtaken between the last check and the commit
+    if completed is None:  # overtaken since the last check, or the process is being deleted
         ctx.blobs.delete(published)
         raise LeaseLost
     _notify(pool.after_cycle_completed, ctx, process.id, seq)
@@ -227,10 +234,18 @@ def _reopen(ctx: Context, process: Process, lease: Lease, skipped: Mapping[str, 
         raise LeaseLost
     log.warning("cycle %s/%d reopened: too few usable diffs (%s)", process.id, seq, skipped)
     if drop:
-        dropped = ctx.repo.drop_assignments(
-            process.id, seq, lambda a: a.dropped_by_reset(reopened.epoch)
-        )
-        _notify(pool.after_cycle_reset, ctx, process.id, seq, dropped)
+        _drop_places(ctx, process.id, reopened)
+
+
+def _drop_places(ctx: Context, process_id: str, cycle: Cycle) -> None:
+    """Free the unreported places a reset into ``cycle.epoch`` dropped, record that it is
+    done, and tell the workers. Safe to repeat: the tick does it again for a reset whose
+    instance died before recording it (each place is freed once, each push sent once)."""
+    dropped = ctx.repo.drop_assignments(
+        process_id, cycle.seq, lambda a: a.dropped_by_reset(cycle.epoch)
+    )
+    ctx.repo.update_cycle(process_id, cycle.seq, lambda c: c.places_dropped(cycle.epoch))
+    _notify(pool.after_cycle_reset, ctx, process_id, cycle.seq, dropped)
 
 
 def _notify(send: Callable[..., None], *args: Any) -> None:
@@ -309,6 +324,8 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
         return cycle.seq if cycle.needs_redrive(now, grace) else None
     if cycle.status is not CycleStatus.OPEN:
         return None
+    if cycle.drop_pending:  # the instance that reset it died before freeing the places
+        _drop_places(ctx, process.id, cycle)
     config = process.server_config
     # PyGrid's readiness rule: also catches a full cycle whose report events were lost.
     if is_ready(cycle, ctx.repo.count_reported(process.id, cycle.seq), config, now):
@@ -324,12 +341,7 @@ def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickRe
     )
     if reset is None:  # another tick got there first
         return None
-    dropped = (
-        ctx.repo.drop_assignments(process.id, cycle.seq, lambda a: a.dropped_by_reset(reset.epoch))
-        if drop
-        else []
-    )
     (report.reset if drop else report.extended).append(label)
     if drop:
-        _notify(pool.after_cycle_reset, ctx, process.id, cycle.seq, dropped)
+        _drop_places(ctx, process.id, reset)
     return None

@@ -153,7 +153,7 @@ def _grant(ctx: Context, request: api.Keyed) -> Grant:
     if worker is None or process is None:
         raise Unauthorized(INVALID_KEY, "invalid_request_key")
     scope = verify_request_key(process.key_secret, process.id, worker.id, request.request_key)
-    return Grant(worker.id, process, scope)
+    return Grant(worker.id, process.in_service(), scope)
 
 
 def _place(ctx: Context, grant: Grant) -> Place:

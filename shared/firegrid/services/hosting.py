@@ -1,9 +1,10 @@
-"""Hosting a model for training (PyGrid's ``host-training``)."""
+"""Hosting a model for training (PyGrid's ``host-training``), and deleting a process."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -14,13 +15,13 @@ from firegrid.domain.capacity import check_aggregation_fits
 from firegrid.domain.config import ClientConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus, deadline_for
 from firegrid.domain.diffs import schema_of
-from firegrid.domain.errors import BadRequest, Conflict
+from firegrid.domain.errors import BadRequest, Conflict, NotFound
 from firegrid.domain.fields import is_reserved_name
 from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
 from firegrid.manifest import aggregation_memory_bytes
 from firegrid.services.context import Context
-from firegrid.services.results import Hosted
+from firegrid.services.results import Deleted, Hosted
 from firegrid.tensors import decode_state
 
 
@@ -55,8 +56,9 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
     plans = _validate_plans(request.plans, model)
 
     process_id = process_id_for(client_config.name, client_config.version)
-    if ctx.repo.get_process(process_id) is not None:
-        raise _duplicate(client_config)
+    existing = ctx.repo.get_process(process_id)
+    if existing is not None:
+        _refuse_unless_abandoned(existing, client_config, ctx.clock.now())
     process = Process(
         id=process_id,
         name=client_config.name,
@@ -72,10 +74,10 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
         plan_sizes={name: len(data) for name, data in plans.items()},
         created_at=ctx.clock.now(),
     )
-    try:
-        ctx.repo.create_hosting(process)
-    except Conflict:  # a concurrent host of the same name+version won
-        raise _duplicate(client_config) from None
+    if existing is None:
+        _create(ctx, process, client_config)
+    else:
+        _take_over(ctx, process, client_config)
     try:
         ctx.blobs.put(blobs.checkpoint_object(process_id, 1), model_bytes)
         for name, data in plans.items():
@@ -86,6 +88,57 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
         ctx.repo.delete_process(process_id)
         raise
     return Hosted(process_id)
+
+
+def delete_process(ctx: Context, request: api.DeleteProcess) -> Deleted:
+    """Delete a process with everything it owns; running it again finishes a deletion
+    that died half-way.
+
+    The process is first marked ``deleting``: devices get 409 ``process_deleting``, and
+    neither triggers, the tick nor an aggregation already running start or complete
+    anything for it. Then its documents go (the process document last) and, after them,
+    its objects: a report or an aggregation still in flight then finds its cycle gone
+    and deletes the object it wrote. The process is found by name and version, so a
+    run after the process document was deleted still removes what remains.
+    """
+    process_id = process_id_for(request.name, request.version)
+    now = ctx.clock.now()
+    marked = ctx.repo.update_process(process_id, lambda stored: stored.marked_for_deletion(now))
+    documents = ctx.repo.delete_process(process_id)
+    objects = ctx.blobs.delete_prefix(blobs.process_prefix(process_id))
+    if marked is None and not documents and not objects:
+        raise NotFound(
+            f"No process for model '{request.name}' version '{request.version}'",
+            "unknown_process",
+        )
+    return Deleted(process_id=process_id, documents=documents, objects=objects)
+
+
+def _refuse_unless_abandoned(existing: Process, config: ClientConfig, now: datetime) -> None:
+    """Only a hosting that died half-way may be hosted again (409 otherwise, saying why)."""
+    existing.in_service()
+    existing.refuse_while_hosting(now)
+    if not existing.hosting_abandoned(now):
+        raise _duplicate(config)
+
+
+def _create(ctx: Context, process: Process, config: ClientConfig) -> None:
+    try:
+        ctx.repo.create_hosting(process)
+    except Conflict:  # a concurrent host of the same name+version won
+        raise _duplicate(config) from None
+
+
+def _take_over(ctx: Context, process: Process, config: ClientConfig) -> None:
+    """Replace an abandoned hosting's document, if it is still that one (of two retries at
+    once, the second finds the first's fresh document: a duplicate), then remove the
+    objects the dead attempt uploaded. It left no other document: cycle 1 is created
+    in the same write that ends the hosting."""
+    now = ctx.clock.now()
+    taken = ctx.repo.update_process(process.id, lambda stored: stored.taken_over_by(process, now))
+    if taken is None:
+        raise _duplicate(config)
+    ctx.blobs.delete_prefix(blobs.process_prefix(process.id))
 
 
 def _duplicate(config: ClientConfig) -> Conflict:

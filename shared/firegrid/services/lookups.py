@@ -17,8 +17,12 @@ UNKNOWN_WORKER = "Unknown worker for this model: authenticate first"
 
 
 def process_by_name(ctx: Context, name: str, version: str | None) -> Process:
-    process = current_version(ctx.repo.processes_named(name, version))
+    """What the name (and version) means to devices; one being deleted is a 409 that says so."""
+    named = ctx.repo.processes_named(name, version)
+    process = current_version(named)
     if process is None:
+        for candidate in named:
+            candidate.in_service()  # one being deleted says so
         wanted = f"'{name}'" + (f" version '{version}'" if version else "")
         raise NotFound(f"No training process for model {wanted}", "unknown_process")
     return process
@@ -40,3 +44,11 @@ def known_worker(ctx: Context, worker_id: str, process: Process | None = None) -
     if worker is None or (process is not None and worker.process_id != process.id):
         raise Unauthorized(UNKNOWN_WORKER, "unknown_worker")
     return worker
+
+
+def process_of(ctx: Context, worker: Worker) -> Process:
+    """The worker's process, which must still exist (404) and not be being deleted (409)."""
+    process = ctx.repo.get_process(worker.process_id)
+    if process is None:
+        raise NotFound("The worker's process no longer exists", "unknown_process")
+    return process.in_service()

@@ -10,7 +10,7 @@ from firegrid.domain.keys import pseudonym
 from firegrid.domain.model import Process
 from firegrid.services import pool
 from firegrid.services.context import Context
-from firegrid.services.lookups import known_worker, named_process
+from firegrid.services.lookups import known_worker, named_process, process_of
 from firegrid.services.results import MetricsTable, ProcessReport, Stored
 
 
@@ -49,9 +49,7 @@ def _checkpoint_name(ctx: Context, process: Process, number: int) -> str:
 
 def post_metrics(ctx: Context, request: api.Metrics) -> Stored:
     worker = known_worker(ctx, request.worker_id)
-    process = ctx.repo.get_process(worker.process_id)
-    if process is None:
-        raise NotFound("The worker's process no longer exists", "unknown_process")
+    process = process_of(ctx, worker)
     client_id = pseudonym(worker.id)
     rows = [_metric_row(client_id, process, entry) for entry in request.stats]
     return Stored(ctx.repo.add_metrics(worker.process_id, rows))

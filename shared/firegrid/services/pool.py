@@ -18,12 +18,12 @@ from typing import Any
 from firegrid import api
 from firegrid.domain.acceptance import may_rejoin
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
-from firegrid.domain.errors import BadRequest, NotFound
+from firegrid.domain.errors import BadRequest
 from firegrid.domain.model import Process, Worker, token_holders_to_clear
 from firegrid.domain.push import PushType, messages_to, push_data
 from firegrid.domain.selection import Candidate, RoundState, invitations_wanted, select
 from firegrid.services.context import Context
-from firegrid.services.lookups import known_worker, named_process
+from firegrid.services.lookups import known_worker, named_process, process_of
 from firegrid.services.results import Done, PoolReport, PushSent
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,10 @@ INVITE_LOCK = "invite"
 INVITE_LOCK_TTL = timedelta(seconds=60)
 
 
-def _process_of(ctx: Context, worker: Worker) -> Process:
-    process = ctx.repo.get_process(worker.process_id)
-    if process is None:
-        raise NotFound("The worker's process no longer exists", "unknown_process")
-    return process
-
-
 def register_token(ctx: Context, request: api.RegisterToken) -> Done:
     """``register-token`` (the fork's ``save-fcm-token``): the worker joins the pool."""
     worker = known_worker(ctx, request.worker_id)
-    process = _process_of(ctx, worker)
+    process = process_of(ctx, worker)
     if request.model is not None and request.model != process.name:
         raise BadRequest(
             "'model' is not the process this worker authenticated for", "wrong_process"
@@ -73,7 +66,7 @@ def register_token(ctx: Context, request: api.RegisterToken) -> Done:
 def worker_status(ctx: Context, request: api.WorkerStatus) -> Done:
     """``worker-status`` (the fork's ``update-worker-status``): confirm or withdraw availability."""
     worker = known_worker(ctx, request.worker_id)
-    process = _process_of(ctx, worker)
+    process = process_of(ctx, worker)
     until = ctx.clock.now() + timedelta(seconds=process.server_config.availability_ttl)
     available = request.available
     ctx.repo.update_worker(worker.id, lambda w: w.with_availability(available, until))
@@ -200,7 +193,7 @@ def _forget(token: str) -> Callable[[Worker], Worker | None]:
 def after_cycle_completed(ctx: Context, process_id: str, seq: int) -> None:
     """Lifecycle pushes once cycle ``seq`` closed: the next cycle is open, or training is over."""
     process = ctx.repo.get_process(process_id)
-    if process is None:
+    if process is None or process.status is ProcessStatus.DELETING:
         return
     workers = ctx.repo.process_workers(process_id)
     if process.status is ProcessStatus.COMPLETED:
@@ -227,7 +220,7 @@ def after_cycle_reset(ctx: Context, process_id: str, seq: int, dropped: Iterable
     """A reset cycle tells its dropped assignees and the pool, then invites again."""
     process = ctx.repo.get_process(process_id)
     cycle = ctx.repo.get_cycle(process_id, seq)
-    if process is None or cycle is None:
+    if process is None or process.status is ProcessStatus.DELETING or cycle is None:
         return
     workers = ctx.repo.process_workers(process_id)
     dropped_ids = set(dropped)

@@ -68,6 +68,17 @@ class Hosted:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Deleted:
+    """What ``delete-process`` removed (a second run counts only what the first left)."""
+
+    process_id: str
+    documents: Mapping[str, int]
+    """Collection name -> documents deleted."""
+    objects: int
+    """Cloud Storage objects deleted."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class PoolReport:
     workers: int
     registered: int
