@@ -15,9 +15,15 @@ from cloudevents.http import CloudEvent
 
 from firegrid import api, wire
 from firegrid.adapters import events
-from firegrid.domain.changes import entered_closing, joined_pool, newly_reported
+from firegrid.domain.changes import (
+    entered_closing,
+    group_created,
+    group_finished,
+    joined_pool,
+    newly_reported,
+)
 from firegrid.manifest import trigger_pattern
-from firegrid.services import cycles, devices, hosting, operator, pool
+from firegrid.services import cycles, devices, fanout, hosting, operator, pool
 from firegrid.services.context import Context
 from firegrid.services.results import Empty
 from firegrid.transient import is_transient
@@ -131,3 +137,16 @@ def on_cycle_written(event: CloudEvent) -> None:
         change = _change(event, "on_cycle_written", events.cycle_codec)
         if entered_closing(change.before, change.after):
             cycles.close_cycle(context(), change.params["process"], int(change.params["cycle"]))
+
+
+@functions_framework.cloud_event
+def on_group_written(event: CloudEvent) -> None:
+    """A fanned-out closing's group: a new one is aggregated into its partial; one done
+    calls the closing, which combines once every group is (both idempotent)."""
+    with _trigger("on_group_written"):
+        change = _change(event, "on_group_written", events.group_codec)
+        process_id, seq = change.params["process"], int(change.params["cycle"])
+        if group_created(change.before, change.after):
+            fanout.aggregate_group(context(), process_id, seq, int(change.params["group"]))
+        elif group_finished(change.before, change.after):
+            cycles.close_cycle(context(), process_id, seq)

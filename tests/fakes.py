@@ -21,6 +21,7 @@ from firegrid.adapters.auth import JwtVerifier
 from firegrid.domain.config import AuthConfig
 from firegrid.domain.cycle import Cycle, ProcessStatus
 from firegrid.domain.errors import Conflict, NotFound, Unauthorized
+from firegrid.domain.fanout import Group
 from firegrid.domain.model import Assignment, Process, Report, Worker, first_assignment
 from firegrid.domain.push import PushMessage, SendReport
 from firegrid.services.context import Context
@@ -180,6 +181,8 @@ class CycleRecord:
     """Lock name -> held until."""
     report_claims: set[str] = field(default_factory=set)
     """``{worker}-{epoch}`` of each counted report (Firestore keeps its claim document)."""
+    groups: dict[int, Group] = field(default_factory=dict)
+    """A fanned-out closing's groups, by index."""
 
 
 class FakeRepository:
@@ -242,6 +245,7 @@ class FakeRepository:
                 deleted["invitations"] += len(record.invitations)
                 deleted["locks"] += len(record.locks)
                 deleted["report_claims"] += len(record.report_claims)
+                deleted["groups"] += len(record.groups)
             for name, collection in (
                 ("invited", self.invited),
                 ("metrics", self.metrics),
@@ -358,6 +362,40 @@ class FakeRepository:
                 latest_checkpoint=progressed.latest_checkpoint,
             )
             return changed
+
+    # -- fan-out groups ---------------------------------------------------
+    def create_groups(self, process_id: str, seq: int, groups: Sequence[Group]) -> list[Group]:
+        with self._lock:
+            record = self._record(process_id, seq)
+            if record is None:
+                return []
+            for group in groups:
+                record.groups.setdefault(group.index, group)
+            return [record.groups[i] for i in sorted(record.groups)]
+
+    def groups(self, process_id: str, seq: int) -> list[Group]:
+        with self._lock:
+            record = self._record(process_id, seq)
+            return [record.groups[i] for i in sorted(record.groups)] if record else []
+
+    def update_group(
+        self, process_id: str, seq: int, index: int, change: Callable[[Group], Group | None]
+    ) -> Group | None:
+        with self._lock:
+            record = self._record(process_id, seq)
+            stored = record.groups.get(index) if record else None
+            changed = change(stored) if stored is not None else None
+            if record is not None and changed is not None:
+                record.groups[index] = changed
+            return changed
+
+    def assignments_of(
+        self, process_id: str, seq: int, worker_ids: Sequence[str]
+    ) -> list[Assignment]:
+        with self._lock:
+            record = self._record(process_id, seq)
+            found = record.assignments if record else {}
+            return [found[w] for w in worker_ids if w in found]
 
     def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None:
         with self._lock:

@@ -83,6 +83,17 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         retry=True,
         aggregates=True,
     ),
+    FunctionSpec(
+        name="on-group-written",
+        target="on_group_written",
+        signature="cloudevent",
+        trigger=FirestoreTrigger(
+            event_type=FIRESTORE_WRITTEN,
+            document="processes/{process}/cycles/{cycle}/groups/{group}",
+        ),
+        retry=True,
+        aggregates=True,
+    ),
 )
 
 

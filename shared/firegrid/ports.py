@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from firegrid.domain.config import AuthConfig
 from firegrid.domain.cycle import Cycle
+from firegrid.domain.fanout import Group
 from firegrid.domain.model import Assignment, Process, Report, Worker
 from firegrid.domain.push import PushMessage, SendReport
 
@@ -98,6 +99,7 @@ class ProcessRepository(Protocol):
 
 WorkerChange = Callable[[Worker], "Worker | None"]
 CycleChange = Callable[[Cycle], "Cycle | None"]
+GroupChange = Callable[[Group], "Group | None"]
 AssignmentChange = Callable[[Assignment], "Assignment | None"]
 
 
@@ -214,6 +216,30 @@ class CycleRepository(Protocol):
     def unlock(self, process_id: str, seq: int, name: str) -> None: ...
 
 
+class GroupRepository(Protocol):
+    """The groups of a fanned-out closing (``domain.fanout``)."""
+
+    def create_groups(self, process_id: str, seq: int, groups: Sequence[Group]) -> list[Group]:
+        """Create those of ``groups`` that do not exist yet; every group as stored."""
+        ...
+
+    def groups(self, process_id: str, seq: int) -> list[Group]:
+        """The cycle's groups, by index."""
+        ...
+
+    def update_group(
+        self, process_id: str, seq: int, index: int, change: GroupChange
+    ) -> Group | None:
+        """Apply ``change`` to the stored group atomically; None if absent or declined."""
+        ...
+
+    def assignments_of(
+        self, process_id: str, seq: int, worker_ids: Sequence[str]
+    ) -> list[Assignment]:
+        """The assignments of these workers that exist, in one read."""
+        ...
+
+
 class MetricsRepository(Protocol):
     def add_metrics(self, process_id: str, rows: Sequence[Mapping[str, Any]]) -> int: ...
 
@@ -231,7 +257,13 @@ class PushLog(Protocol):
 
 
 class Repository(
-    ProcessRepository, WorkerRepository, CycleRepository, MetricsRepository, PushLog, Protocol
+    ProcessRepository,
+    WorkerRepository,
+    CycleRepository,
+    GroupRepository,
+    MetricsRepository,
+    PushLog,
+    Protocol,
 ):
     """Everything FireGrid keeps in its document store."""
 

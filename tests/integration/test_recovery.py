@@ -172,3 +172,20 @@ def test_an_aggregator_killed_mid_closing_is_replaced_and_closes_once(
     status = api.status("killed")
     assert status["checkpoints"] == [1, 2] and status["current_cycle"]["seq"] == 2
     assert not db.document(f"processes/{process_id}/cycles/3").get().exists
+
+
+def test_a_fanned_out_closing_under_faults_equals_a_clean_run(
+    api: Api, db: firestore.Client, faulty: StackInfo
+) -> None:
+    devices = 9
+    process_id = host(api, "fanned", 16, max_diffs=devices, num_cycles=1, fanout_threshold=4)
+    reported = train_cycle(api, "fanned", 1, devices)
+
+    wait_for(lambda: api.status("fanned")["status"] == "completed", 120, "the combined closing")
+
+    cycle = db.document(f"processes/{process_id}/cycles/1")
+    groups = [g.to_dict() for g in cycle.collection("groups").stream()]
+    assert sorted(len(g["workers"]) for g in groups) == [1, 4, 4]
+    assert all(g["status"] == "done" for g in groups)
+    assert cycle.get().get("num_diffs") == devices
+    assert_same(checkpoint(api, "fanned", 2), fedavg(checkpoint(api, "fanned", 1), reported))

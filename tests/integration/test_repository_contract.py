@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 
+from firegrid.domain.aggregation import Step
 from firegrid.domain.config import AuthConfig, ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, CycleSummary, ProcessStatus
 from firegrid.domain.diffs import TensorSpec
 from firegrid.domain.errors import Conflict
+from firegrid.domain.fanout import GroupStatus, partition
 from firegrid.domain.model import Assignment, Process, Report, Worker
 from firegrid.domain.selection import free_slot
 from firegrid.ports import Repository
@@ -573,3 +575,39 @@ def test_a_push_is_claimed_once_and_listed_newest_first(repo: Repository) -> Non
     recent = repo.recent_pushes("p1", limit=3)
     assert [r["created_at"] for r in recent] == [T0 + timedelta(i) for i in (6, 5, 4)]
     assert recent[0]["sent"] == 3
+
+
+def test_groups_are_created_once_and_completed_once_by_their_holder(repo: Repository) -> None:
+    hosted(repo)
+    groups = partition("p1", 1, [("w2", 2.0), ("w1", 1.0), ("w3", 3.0)], 2, T0)
+
+    created = repo.create_groups("p1", 1, groups)
+    again = repo.create_groups("p1", 1, [dataclasses.replace(g, weights=(9.0,)) for g in groups])
+
+    assert created == groups and again == groups  # a re-driven closing keeps what it made
+    assert repo.groups("p1", 1) == groups and repo.groups("p1", 2) == []
+    until = T0 + timedelta(minutes=1)
+    taken = concurrently(
+        6, lambda i: repo.update_group("p1", 1, 0, lambda g: g.take_lease(T0, until, f"h{i}"))
+    )
+    [holder] = [t.lease_holder for t in taken if t is not None]
+    step = Step(delta={}, num_diffs=2, total_weight=3.0)
+    assert repo.update_group("p1", 1, 0, lambda g: g.complete("other", "x", step, {})) is None
+    done = repo.update_group("p1", 1, 0, lambda g: g.complete(holder, "x", step, {"w9": "c"}))
+    assert done is not None and repo.groups("p1", 1)[0] == done
+    assert (done.status, done.weight, done.num_diffs, dict(done.skipped)) == (
+        GroupStatus.DONE, 3.0, 2, {"w9": "c"}
+    )  # fmt: skip
+    assert repo.update_group("p1", 1, 7, lambda g: g) is None
+
+
+def test_assignments_of_reads_the_named_ones_that_exist(repo: Repository) -> None:
+    hosted(repo)
+    open_cycle = repo.get_cycle("p1", 1)
+    for wid in ("w1", "w2", "w3"):
+        repo.save_worker(worker(wid))
+        repo.claim_place("p1", open_cycle, wid, T0, None)
+
+    found = repo.assignments_of("p1", 1, ["w3", "absent", "w1"])
+
+    assert [a.worker_id for a in found] == ["w3", "w1"]

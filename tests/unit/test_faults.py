@@ -17,6 +17,7 @@ from firegrid.domain.cycle import MAX_AGGREGATION_ATTEMPTS, CycleStatus
 from firegrid.domain.errors import Conflict
 from firegrid.services import cycles, devices, hosting, operator
 from firegrid.services.context import Context
+from firegrid.services.leases import Lease, LeaseLost
 from firegrid.tensors import encode_state
 from tests.common import State, checkpoint_writes
 from tests.edge import call
@@ -220,7 +221,7 @@ def test_an_overtaken_aggregator_changes_nothing(ctx, tiny: Tiny) -> None:
 def test_the_lease_is_renewed_while_the_work_goes_on_and_lost_when_overtaken(tiny) -> None:
     ctx = make_context(settings=fake_settings(closing_lease_s=0.06))
     process_id, _ = reported_cycle(ctx, tiny, 1)
-    lease = cycles.Lease(ctx, process_id, 1)
+    lease = cycles.cycle_lease(ctx, process_id, 1)
     assert lease.take() is not None
     with lease.kept():
         ctx.clock.advance(10)
@@ -261,10 +262,10 @@ def test_a_redrive_does_not_hold_up_the_other_processes(ctx, tiny: Tiny) -> None
     assert report.redriven == ["mnist:1.0#1"] and report.closed == ["other:1#1"]
 
 
-def lease_lost(lease: cycles.Lease) -> bool:
+def lease_lost(lease: Lease[Any]) -> bool:
     try:
         lease.check()
-    except cycles.LeaseLost:
+    except LeaseLost:
         return True
     return False
 

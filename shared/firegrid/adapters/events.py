@@ -18,6 +18,7 @@ from google.events.cloud import firestore as firestore_events
 
 from firegrid.adapters import firestore_codecs as codecs
 from firegrid.domain.cycle import Cycle
+from firegrid.domain.fanout import Group
 from firegrid.domain.model import Assignment, Worker
 
 T = TypeVar("T")
@@ -127,3 +128,7 @@ def assignment_codec(params: Mapping[str, str], data: dict[str, Any]) -> Assignm
 
 def worker_codec(params: Mapping[str, str], data: dict[str, Any]) -> Worker:
     return codecs.worker_from(params["worker"], data)
+
+
+def group_codec(params: Mapping[str, str], data: dict[str, Any]) -> Group:
+    return codecs.group_from(params["process"], int(params["cycle"]), data)

@@ -8,6 +8,7 @@ functions, so a field is spelt once. Layout (docs/architecture.md, "State"):
   per-document index-entry limit;
 * ``processes/{p}/cycles/{seq}``: a ``Cycle`` with its counters and summary;
 * ``.../cycles/{seq}/assignments/{worker}``: an ``Assignment``;
+* ``.../cycles/{seq}/groups/{index}``: a fanned-out closing's ``Group``;
 * ``workers/{worker}``: a ``Worker``.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, CycleSummary, ProcessStatus
 from firegrid.domain.diffs import schema_from_dict, schema_to_dict
+from firegrid.domain.fanout import Group, GroupStatus
 from firegrid.domain.limits import INT64_MAX
 from firegrid.domain.model import Assignment, Process, Worker
 
@@ -114,6 +116,7 @@ def cycle_doc(cycle: Cycle) -> Document:
         "model_object": cycle.model_object,
         "closing_at": cycle.closing_at,
         "aggregation_runs": cycle.aggregation_runs,
+        "failures": cycle.failures,
         "resets": cycle.resets,
         "skipped": dict(cycle.skipped),
         "last_error": cycle.last_error,
@@ -149,6 +152,7 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
         model_object=data.get("model_object"),
         closing_at=data.get("closing_at"),
         aggregation_runs=data.get("aggregation_runs") or 0,
+        failures=data.get("failures") or 0,
         resets=data.get("resets") or 0,
         summary=summary,
         skipped=data.get("skipped") or {},
@@ -189,3 +193,39 @@ def assignment_from(data: Document) -> Assignment:
 def _int64_or_float(value: int) -> int | float:
     """Firestore integers are int64; a larger total is kept as a float, never an error."""
     return value if value <= INT64_MAX else float(value)
+
+
+def group_doc(group: Group) -> Document:
+    return {
+        "index": group.index,
+        "workers": list(group.workers),
+        "weights": list(group.weights),
+        "created_at": group.created_at,
+        "status": group.status.value,
+        "lease_until": group.lease_until,
+        "lease_holder": group.lease_holder,
+        "attempts": group.attempts,
+        "partial_object": group.partial_object,
+        "weight": group.weight,
+        "num_diffs": group.num_diffs,
+        "skipped": dict(group.skipped),
+    }
+
+
+def group_from(process_id: str, seq: int, data: Document) -> Group:
+    return Group(
+        process_id=process_id,
+        seq=seq,
+        index=data["index"],
+        workers=tuple(data["workers"]),
+        weights=tuple(float(w) for w in data["weights"]),
+        created_at=data["created_at"],
+        status=GroupStatus(data["status"]),
+        lease_until=data.get("lease_until"),
+        lease_holder=data.get("lease_holder"),
+        attempts=data.get("attempts") or 0,
+        partial_object=data.get("partial_object"),
+        weight=float(data.get("weight") or 0.0),
+        num_diffs=data.get("num_diffs") or 0,
+        skipped=data.get("skipped") or {},
+    )

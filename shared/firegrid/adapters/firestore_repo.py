@@ -12,6 +12,7 @@ the cycle and the assignment, serialised among its twins by a report claim.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from firegrid.adapters import firestore_codecs as codecs
 from firegrid.domain.cycle import Cycle, ProcessStatus
 from firegrid.domain.errors import Conflict, Unavailable
+from firegrid.domain.fanout import Group
 from firegrid.domain.model import Assignment, Process, Report, Worker, first_assignment
 
 _EXISTS = (gexc.AlreadyExists, gexc.Conflict, gexc.FailedPrecondition)
@@ -284,6 +286,46 @@ class FirestoreRepository:
             )
         except _Declined:
             return None
+
+    # -- fan-out groups ---------------------------------------------------
+    def _groups(self, process_id: str, seq: int) -> firestore.CollectionReference:
+        return self._cycle_ref(process_id, seq).collection("groups")
+
+    def create_groups(self, process_id: str, seq: int, groups: Sequence[Group]) -> list[Group]:
+        for group in groups:
+            with contextlib.suppress(*_EXISTS):  # a re-driven closing keeps the groups it made
+                self._groups(process_id, seq).document(str(group.index)).create(
+                    codecs.group_doc(group)
+                )
+        return self.groups(process_id, seq)
+
+    def groups(self, process_id: str, seq: int) -> list[Group]:
+        found = [
+            codecs.group_from(process_id, seq, snap.to_dict() or {})
+            for snap in self._groups(process_id, seq).stream()
+        ]
+        return sorted(found, key=lambda group: group.index)
+
+    def update_group(
+        self, process_id: str, seq: int, index: int, change: Callable[[Group], Group | None]
+    ) -> Group | None:
+        return self._update_if(
+            self._groups(process_id, seq).document(str(index)),
+            lambda data: codecs.group_from(process_id, seq, data),
+            change,
+            codecs.group_doc,
+        )
+
+    def assignments_of(
+        self, process_id: str, seq: int, worker_ids: Sequence[str]
+    ) -> list[Assignment]:
+        refs = [self._assignments(process_id, seq).document(w) for w in worker_ids]
+        found = {
+            snap.id: codecs.assignment_from(snap.to_dict() or {})
+            for snap in self._db.get_all(refs)
+            if snap.exists
+        }
+        return [found[w] for w in worker_ids if w in found]
 
     def get_assignment(self, process_id: str, seq: int, worker_id: str) -> Assignment | None:
         snap = self._assignments(process_id, seq).document(worker_id).get()

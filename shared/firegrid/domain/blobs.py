@@ -32,3 +32,8 @@ def diff_object(process_id: str, seq: int, worker_id: str, epoch: int, attempt: 
 def upload_object(process_id: str, seq: int, worker_id: str, epoch: int) -> str:
     """Where a device PUTs a diff too large to send inline (then reports ``uploaded``)."""
     return f"processes/{process_id}/uploads/{seq}/{pseudonym(worker_id)}-{epoch}.safetensors"
+
+
+def partial_object(process_id: str, seq: int, group: int, attempt: str) -> str:
+    """A fanned-out closing's group partial, named by the attempt that wrote it."""
+    return f"processes/{process_id}/partials/{seq}/{group}-{attempt}.safetensors"

@@ -7,6 +7,7 @@ this write is the one a rule cares about, from the records before and after it.
 from __future__ import annotations
 
 from firegrid.domain.cycle import Cycle, CycleStatus
+from firegrid.domain.fanout import Group, GroupStatus
 from firegrid.domain.model import Assignment, Worker
 
 
@@ -14,6 +15,17 @@ def entered_closing(before: Cycle | None, after: Cycle | None) -> bool:
     """The cycle stopped taking reports: time to aggregate it."""
     was_closing = before is not None and before.status is CycleStatus.CLOSING
     return after is not None and after.status is CycleStatus.CLOSING and not was_closing
+
+
+def group_created(before: Group | None, after: Group | None) -> bool:
+    """A fanned-out closing made this group: time to aggregate it."""
+    return before is None and after is not None and after.status is GroupStatus.PENDING
+
+
+def group_finished(before: Group | None, after: Group | None) -> bool:
+    """A group's partial was just published: the closing may now combine them all."""
+    was_done = before is not None and before.status is GroupStatus.DONE
+    return after is not None and after.status is GroupStatus.DONE and not was_done
 
 
 def newly_reported(before: Assignment | None, after: Assignment | None) -> bool:

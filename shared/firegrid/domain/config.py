@@ -96,6 +96,10 @@ class AuthConfig:
         return config
 
 
+DEFAULT_FANOUT_THRESHOLD = 500
+"""Reported diffs one invocation aggregates at most (see docs/performance.md)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Server-side rules of a process; see docs/protocol.md for each key."""
@@ -150,6 +154,9 @@ class ServerConfig:
     """Largest ``num_samples`` one report may claim (a report above it is a 400)."""
     max_weight_fraction: float | None = None
     """``fedavg``: no single report weighs more than this share of a cycle (None: no cap)."""
+    fanout_threshold: int = DEFAULT_FANOUT_THRESHOLD
+    """``fedavg``/``mean``: a closing with more reported diffs than this is split into
+    groups of at most this many, aggregated in parallel, then combined."""
     authentication: AuthConfig = field(default_factory=AuthConfig)
     """How workers authenticate."""
 
@@ -205,6 +212,10 @@ class ServerConfig:
             )
             or limits.DEFAULT_MAX_NUM_SAMPLES,
             max_weight_fraction=_fraction(fields, "max_weight_fraction"),
+            fanout_threshold=fields.integer(
+                "fanout_threshold", minimum=2, maximum=limits.MAX_FANOUT_THRESHOLD
+            )
+            or DEFAULT_FANOUT_THRESHOLD,
             authentication=AuthConfig.parse(fields.raw.get("authentication")),
         )
         config._check_consistency()

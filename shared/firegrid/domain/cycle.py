@@ -61,6 +61,8 @@ class Cycle:
     """When the cycle stopped taking reports."""
     aggregation_runs: int = 0
     """Aggregation leases taken: 1 for a cycle closed by one instance, more after re-drives."""
+    failures: int = 0
+    """Aggregations that failed (not counting those left for a fan-out's groups)."""
     resets: int = 0
     """Deadlines passed with too few diffs (reset or extended)."""
     summary: CycleSummary | None = None
@@ -132,8 +134,9 @@ class Cycle:
         after ``max_attempts``, the cycle is ``failed`` (it stops being re-driven)."""
         if not self.holds_lease(holder):
             return None
-        status = CycleStatus.FAILED if self.aggregation_runs >= max_attempts else self.status
-        return self._released(status=status, last_error=error)
+        failures = self.failures + 1
+        status = CycleStatus.FAILED if failures >= max_attempts else self.status
+        return self._released(status=status, failures=failures, last_error=error)
 
     def release_lease(self, holder: str) -> Cycle | None:
         """``holder`` stopped for a passing reason: the next attempt may start at once."""

@@ -39,6 +39,9 @@ MAX_TENSORS = 10_000
 MAX_TENSOR_NAME_LENGTH = 512
 
 MAX_WORKERS = 100_000
+MAX_FANOUT_THRESHOLD = 5_000
+"""Diffs one fan-out group holds at most: its document lists their worker ids and
+weights, and must stay well inside Firestore's 1 MiB."""
 """``max_workers``, ``min_workers``, ``goal_count``, ``min_diffs``, ``max_diffs``."""
 DEFAULT_MAX_NUM_SAMPLES = 1_000_000
 """Default ``server_config.max_num_samples``: the largest sample count one report may claim."""

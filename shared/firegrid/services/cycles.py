@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import secrets
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -16,7 +13,12 @@ from typing import Any
 import numpy as np
 
 from firegrid.domain import blobs
-from firegrid.domain.aggregation import AggregationFailed, aggregate, fedavg_weights
+from firegrid.domain.aggregation import (
+    AggregationFailed,
+    aggregate,
+    apply_step,
+    fedavg_weights,
+)
 from firegrid.domain.cycle import (
     Cycle,
     CycleStatus,
@@ -28,10 +30,12 @@ from firegrid.domain.cycle import (
     is_last_cycle,
     is_ready,
 )
+from firegrid.domain.fanout import fans_out
 from firegrid.domain.model import Assignment, Process
-from firegrid.services import pool
+from firegrid.services import fanout, pool
 from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
+from firegrid.services.leases import Lease, LeaseLost
 from firegrid.services.stored_diffs import StoredDiffs
 from firegrid.tensors import decode_state, encode_state
 from firegrid.transient import is_transient
@@ -72,7 +76,7 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     process = ctx.repo.get_process(process_id)
     if process is None or process.status is not ProcessStatus.TRAINING:
         return False
-    lease = Lease(ctx, process_id, seq)
+    lease = cycle_lease(ctx, process_id, seq)
     cycle = lease.take()
     if cycle is None:
         return False
@@ -90,83 +94,43 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
             return False
 
 
-class LeaseLost(Exception):
-    """Another aggregation attempt took the lease: this one must write nothing more."""
+def cycle_lease(ctx: Context, process_id: str, seq: int) -> Lease[Cycle]:
+    def update(change: Callable[[Cycle], Cycle | None]) -> Cycle | None:
+        return ctx.repo.update_cycle(process_id, seq, change)
+
+    return Lease(ctx, update, f"cycle {process_id}/{seq}")
 
 
-class Lease:
-    """One aggregation attempt's lease on a closing cycle, renewed in the background every
-    third of its length while the work goes on (a dead attempt stops renewing, so its
-    cycle is re-driven one lease after its last renewal)."""
-
-    def __init__(self, ctx: Context, process_id: str, seq: int) -> None:
-        self.ctx, self.process_id, self.seq = ctx, process_id, seq
-        self.holder = secrets.token_hex(8)
-        self.length = timedelta(seconds=ctx.settings.closing_lease_s)
-        self._lost = threading.Event()
-        self._stop = threading.Event()
-
-    def take(self) -> Cycle | None:
-        now = self.ctx.clock.now()
-        return self.update(lambda c: c.take_lease(now, now + self.length, self.holder))
-
-    def update(self, change: Callable[[Cycle], Cycle | None]) -> Cycle | None:
-        return self.ctx.repo.update_cycle(self.process_id, self.seq, change)
-
-    def check(self) -> None:
-        if self._lost.is_set():
-            raise LeaseLost
-
-    @contextmanager
-    def kept(self) -> Iterator[Lease]:
-        renewer = threading.Thread(target=self._renew, name="lease-renewer", daemon=True)
-        renewer.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            renewer.join()
-
-    def _renewed(self, cycle: Cycle) -> Cycle | None:
-        return cycle.renew_lease(self.holder, self.ctx.clock.now() + self.length)
-
-    def _renew(self) -> None:
-        every = self.length.total_seconds() / 3
-        while not self._stop.wait(every):
-            try:
-                if self.update(self._renewed) is None:
-                    self._lost.set()
-                    return
-            except Exception:  # a missed renewal is retried; the lease outlasts two of them
-                log.warning("renewing the lease of %s/%d failed", self.process_id, self.seq)
-
-
-def _record_failure(lease: Lease, reason: str) -> None:
+def _record_failure(lease: Lease[Cycle], reason: str) -> None:
     failed = lease.update(lambda c: c.record_failure(lease.holder, reason))
-    log.error("aggregation of %s/%d failed: %s", lease.process_id, lease.seq, reason)
+    log.error("aggregation of %s failed: %s", lease.what, reason)
     if failed is not None and failed.status is CycleStatus.FAILED:
-        log.error(
-            "cycle %s/%d is failed after %d attempts",
-            *(lease.process_id, lease.seq, failed.aggregation_runs),
-        )
+        log.error("%s is failed after %d attempts", lease.what, failed.aggregation_runs)
 
 
-def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease) -> bool:
+def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]) -> bool:
     config, seq = process.server_config, cycle.seq
     checkpoint = decode_state(ctx.blobs.get(cycle.model), "checkpoint")
     reported = list(ctx.repo.reported_assignments(process.id, seq))
     counts = [a.num_samples or 0 for a in reported]
     skipped: dict[str, str] = {}
     weights = fedavg_weights(counts, config.max_weight_fraction)
-    diffs = StoredDiffs(ctx.blobs, process.schema, reported, weights, skipped)
     try:
-        updated, step = aggregate(
-            checkpoint,
-            diffs,
-            method=config.aggregation,
-            server_lr=config.server_lr,
-            trim_fraction=config.trim_fraction,
-        )
+        if fans_out(len(reported), config):
+            step = fanout.gather(ctx, process, seq, reported, weights, skipped)
+            if step is None:  # groups still at work: each one done calls the closing again
+                lease.update(lambda c: c.release_lease(lease.holder))
+                return False
+            updated = apply_step(checkpoint, step, config.server_lr)
+        else:
+            diffs = StoredDiffs(ctx.blobs, process.schema, reported, weights, skipped)
+            updated, step = aggregate(
+                checkpoint,
+                diffs,
+                method=config.aggregation,
+                server_lr=config.server_lr,
+                trim_fraction=config.trim_fraction,
+            )
         usable = step.num_diffs
     except AggregationFailed:
         if not skipped:
@@ -177,7 +141,7 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease) -> bo
         ctx.repo.update_assignment(process.id, seq, worker_id, _skip(reason))
     reasons = dict(Counter(skipped.values()))
     if not has_enough(usable, config):
-        _reopen(ctx, process, lease, reasons)
+        _reopen(ctx, process, seq, lease, reasons)
         return False
     _check_finite(updated)
     lease.check()
@@ -222,9 +186,11 @@ def _check_finite(state: Mapping[str, Any]) -> None:
             raise AggregationFailed(f"the new checkpoint's '{name}' is not finite")
 
 
-def _reopen(ctx: Context, process: Process, lease: Lease, skipped: Mapping[str, int]) -> None:
+def _reopen(
+    ctx: Context, process: Process, seq: int, lease: Lease[Cycle], skipped: Mapping[str, int]
+) -> None:
     """Too few usable diffs: the cycle takes reports again, as at an expired deadline."""
-    config, seq = process.server_config, lease.seq
+    config = process.server_config
     drop = config.on_expiry == "reset"
     deadline = deadline_for(ctx.clock.now(), config)
     reopened = lease.update(
