@@ -47,13 +47,17 @@ class FunctionSpec:
     """Requests one instance serves at once (gen2; more needs more than one vCPU)."""
     aggregates: bool = False
     """Closes cycles, so its ``memory`` bounds what a process may host (hosting checks)."""
+    extras: tuple[str, ...] = ()
+    """Optional dependency sets of pyproject.toml it installs besides the core ones:
+    ``hosting`` (torch, to validate plans) for the one function that hosts; the others
+    stay lean, so a cold start neither downloads nor imports torch."""
 
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec(
         name="model-centric", target="model_centric", signature="http", public=True, timeout_s=60
     ),
-    FunctionSpec(name="admin", target="admin", signature="http"),
+    FunctionSpec(name="admin", target="admin", signature="http", extras=("hosting",)),
     FunctionSpec(name="tick", target="tick", signature="http", aggregates=True),
     FunctionSpec(
         name="on-assignment-written",
