@@ -57,8 +57,12 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec(
         name="model-centric", target="model_centric", signature="http", public=True, timeout_s=60
     ),
-    FunctionSpec(name="admin", target="admin", signature="http", extras=("hosting",)),
-    FunctionSpec(name="tick", target="tick", signature="http", aggregates=True),
+    # 4 GiB: hosting holds the model and a plan (each up to limits.MAX_HOSTED_FILE_BYTES)
+    # with their decoded copies; closing a cycle of a 200 MB model needs about 2.1 GB.
+    FunctionSpec(
+        name="admin", target="admin", signature="http", memory="4GiB", extras=("hosting",)
+    ),
+    FunctionSpec(name="tick", target="tick", signature="http", memory="4GiB", aggregates=True),
     FunctionSpec(
         name="on-assignment-written",
         target="on_assignment_written",
@@ -85,6 +89,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
             document="processes/{process}/cycles/{cycle}",
         ),
         retry=True,
+        memory="4GiB",
         aggregates=True,
     ),
 )

@@ -33,7 +33,7 @@ from firegrid.services.results import (
     SignedUrl,
     UploadGrant,
 )
-from firegrid.services.signed import download_url, read_upload, upload_grant
+from firegrid.services.signed import download, read_upload, upload_grant
 from firegrid.tensors import decode_state, encode_state
 
 AUTH_REQUIRED = "Authentication is required, please pass an 'auth_token'."
@@ -164,24 +164,12 @@ def _place(ctx: Context, grant: Grant) -> Place:
     return Place(process, cycle, assignment)
 
 
-def _inline_limit(ctx: Context, process: Process) -> int:
-    lowered = process.server_config.max_inline_bytes
-    return min(ctx.settings.inline_limit_bytes, lowered or ctx.settings.inline_limit_bytes)
-
-
-def _download(ctx: Context, process: Process, name: str, size: int) -> bytes | SignedUrl:
-    """Small payloads inline; larger ones by a short-lived signed URL."""
-    if size <= _inline_limit(ctx, process):
-        return ctx.blobs.get(name)
-    return download_url(ctx, name)
-
-
 def get_model(ctx: Context, request: api.ModelDownload) -> bytes | SignedUrl:
     place = _place(ctx, _grant(ctx, request))
     if request.model_id != place.process.id:
         raise NotFound("Model not found!", "unknown_model")
     name = place.cycle.model
-    return _download(ctx, place.process, name, payload_bytes(place.process.schema))
+    return download(ctx, place.process, name, payload_bytes(place.process.schema))
 
 
 def get_plan(ctx: Context, request: api.PlanDownload) -> bytes | SignedUrl:
@@ -195,7 +183,7 @@ def get_plan(ctx: Context, request: api.PlanDownload) -> bytes | SignedUrl:
         raise NotFound("Plan ID not found!", "unknown_plan")
     size = place.process.plan_sizes.get(request.plan_id, 0)
     name = blobs.plan_object(place.process.id, request.plan_id)
-    return _download(ctx, place.process, name, size)
+    return download(ctx, place.process, name, size)
 
 
 def report_upload_url(ctx: Context, request: api.Keyed) -> UploadGrant:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from firegrid.domain.errors import NotFound, PayloadTooLarge
+from firegrid.domain.model import Process
 from firegrid.services.context import Context
 from firegrid.services.results import SignedUrl, UploadGrant
 
@@ -15,8 +16,17 @@ CONTENT_LENGTH_RANGE = "x-goog-content-length-range"
 OCTET_STREAM = "application/octet-stream"
 
 
-def download_url(ctx: Context, name: str) -> SignedUrl:
+def download(ctx: Context, process: Process, name: str, size: int) -> bytes | SignedUrl:
+    """Small payloads inline; larger ones by a short-lived signed URL (HTTP 307), so the
+    function never holds a large model, however many download it at once."""
+    if size <= _inline_limit(ctx, process):
+        return ctx.blobs.get(name)
     return SignedUrl(ctx.blobs.signed_url(name, method="GET", expires_in=SIGNED_URL_TTL))
+
+
+def _inline_limit(ctx: Context, process: Process) -> int:
+    lowered = process.server_config.max_inline_bytes
+    return min(ctx.settings.inline_limit_bytes, lowered or ctx.settings.inline_limit_bytes)
 
 
 def upload_grant(ctx: Context, name: str, max_bytes: int) -> UploadGrant:
