@@ -4,6 +4,8 @@ retrieved. ``bench/large_models.py`` runs the same journey and prints its figure
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from google.cloud import storage
 
@@ -33,6 +35,10 @@ def test_a_model_above_the_old_inline_limit_goes_end_to_end(clean_stack, stack_e
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("FIREGRID_BIG_MODEL_TEST"),
+    reason="on demand (about 3 minutes, 2.5 GB of RAM): FIREGRID_BIG_MODEL_TEST=1 pytest -m slow",
+)
 def test_a_200_mb_model_end_to_end_without_a_copy_per_download(clean_stack, stack_env) -> None:
     result = run(clean_stack, megabytes=200, devices=4)
 
