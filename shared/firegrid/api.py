@@ -41,6 +41,15 @@ def _name(fields: Fields, key: str) -> str:
     return fields.text(key, required=True, max_length=limits.MAX_NAME_LENGTH)
 
 
+def _one_process(fields: Fields, why: str) -> tuple[str, str]:
+    """``name`` and ``version``, both required (``why`` tells the operator the reason)."""
+    name = _name(fields, "name")
+    version = fields.version("version")
+    if version is None:
+        raise BadRequest(f"'version' is required: {why}", "missing_field")
+    return name, version
+
+
 @dataclass(frozen=True, kw_only=True)
 class Authenticate:
     model_name: str
@@ -258,8 +267,9 @@ _PLAN_NAME = re.compile(r"[A-Za-z0-9_]{1,64}", re.ASCII)
 TRAINING_PLAN = "training_plan"
 
 
-def _plan_names(names: tuple[object, ...]) -> tuple[str, ...]:
-    """At most ``MAX_PLANS`` distinct plan names, ``training_plan`` among them."""
+def _plan_names(names: tuple[object, ...], shape: str) -> tuple[str, ...]:
+    """At most ``MAX_PLANS`` distinct plan names, ``training_plan`` among them (``shape``:
+    how ``plans`` carries them, for the message)."""
     checked = tuple(name for name in names if isinstance(name, str) and _PLAN_NAME.fullmatch(name))
     if checked != names:
         bad = next(name for name in names if name not in checked)
@@ -268,7 +278,7 @@ def _plan_names(names: tuple[object, ...]) -> tuple[str, ...]:
             "invalid_plan",
         )
     if TRAINING_PLAN not in checked:
-        raise BadRequest("'plans' must name a 'training_plan'", "invalid_plan")
+        raise BadRequest(f"'plans' must be {shape} with a 'training_plan'", "invalid_plan")
     if len(checked) > limits.MAX_PLANS or len(set(checked)) != len(checked):
         raise BadRequest(
             f"'plans' must name 1 to {limits.MAX_PLANS} plans, once each", "invalid_plan"
@@ -280,7 +290,7 @@ def _named_plans(plans: object) -> tuple[str, ...]:
     """The plan names of a list (plans uploaded, not carried inline)."""
     if not isinstance(plans, list):
         raise BadRequest("'plans' must be a list of plan names", "invalid_plan")
-    return _plan_names(tuple(plans))
+    return _plan_names(tuple(plans), "a list of names")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -314,7 +324,7 @@ class HostTraining:
         model = fields.base64("model")
         if not isinstance(plans, Mapping):
             raise BadRequest("'plans' must be an object with a 'training_plan'", "invalid_plan")
-        names = _plan_names(tuple(plans))
+        names = _plan_names(tuple(plans), "an object")
         encoded = Fields(plans, prefix="plans.")
         return cls(
             model=model,
@@ -340,10 +350,7 @@ class HostingUploadUrls:
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> HostingUploadUrls:
         fields = Fields(raw)
-        name = _name(fields, "name")
-        version = fields.version("version")
-        if version is None:
-            raise BadRequest("'version' is required: uploads are for one process", "missing_field")
+        name, version = _one_process(fields, "uploads are for one process")
         return cls(name=name, version=version, plan_names=_named_plans(fields.raw.get("plans")))
 
 
@@ -369,11 +376,7 @@ class DeleteProcess:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> DeleteProcess:
-        fields = Fields(raw)
-        name = _name(fields, "name")
-        version = fields.version("version")
-        if version is None:
-            raise BadRequest("'version' is required: a deletion names one process", "missing_field")
+        name, version = _one_process(Fields(raw), "a deletion names one process")
         return cls(name=name, version=version)
 
 
