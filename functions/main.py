@@ -59,6 +59,9 @@ DEVICE_ROUTES: wire.Routes = {
 
 ADMIN_ROUTES: wire.Routes = {
     ("POST", "/host-training"): wire.json_route(api.HostTraining.parse, hosting.host_training),
+    ("POST", "/hosting-upload-urls"): wire.json_route(
+        api.HostingUploadUrls.parse, hosting.hosting_upload_urls
+    ),
     ("POST", "/delete-process"): wire.json_route(api.DeleteProcess.parse, hosting.delete_process),
     ("GET", "/status"): wire.query_route(api.ProcessQuery.parse, operator.status),
     ("GET", "/retrieve-model"): wire.query_route(

@@ -28,6 +28,7 @@ PARSERS: dict[Callable[..., Any], Callable[[Mapping[str, Any]], Any]] = {
     operator.retrieve_model: api.CheckpointQuery.parse,
     operator.training_metrics: api.MetricsQuery.parse,
     hosting.host_training: api.HostTraining.parse,
+    hosting.hosting_upload_urls: api.HostingUploadUrls.parse,
     hosting.delete_process: api.DeleteProcess.parse,
 }
 _APP = flask.Flask(__name__)

@@ -41,6 +41,15 @@ def _name(fields: Fields, key: str) -> str:
     return fields.text(key, required=True, max_length=limits.MAX_NAME_LENGTH)
 
 
+def _one_process(fields: Fields, why: str) -> tuple[str, str]:
+    """``name`` and ``version``, both required (``why`` tells the operator the reason)."""
+    name = _name(fields, "name")
+    version = fields.version("version")
+    if version is None:
+        raise BadRequest(f"'version' is required: {why}", "missing_field")
+    return name, version
+
+
 @dataclass(frozen=True, kw_only=True)
 class Authenticate:
     model_name: str
@@ -258,12 +267,41 @@ _PLAN_NAME = re.compile(r"[A-Za-z0-9_]{1,64}", re.ASCII)
 TRAINING_PLAN = "training_plan"
 
 
+def _plan_names(names: tuple[object, ...], shape: str) -> tuple[str, ...]:
+    """At most ``MAX_PLANS`` distinct plan names, ``training_plan`` among them (``shape``:
+    how ``plans`` carries them, for the message)."""
+    checked = tuple(name for name in names if isinstance(name, str) and _PLAN_NAME.fullmatch(name))
+    if checked != names:
+        bad = next(name for name in names if name not in checked)
+        raise BadRequest(
+            f"plan name {str(bad)[:80]!r} must be 1-64 ASCII letters, digits and _",
+            "invalid_plan",
+        )
+    if TRAINING_PLAN not in checked:
+        raise BadRequest(f"'plans' must be {shape} with a 'training_plan'", "invalid_plan")
+    if len(checked) > limits.MAX_PLANS or len(set(checked)) != len(checked):
+        raise BadRequest(
+            f"'plans' must name 1 to {limits.MAX_PLANS} plans, once each", "invalid_plan"
+        )
+    return checked
+
+
+def _named_plans(plans: object) -> tuple[str, ...]:
+    """The plan names of a list (plans uploaded, not carried inline)."""
+    if not isinstance(plans, list):
+        raise BadRequest("'plans' must be a list of plan names", "invalid_plan")
+    return _plan_names(tuple(plans), "a list of names")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HostTraining:
-    model: bytes
-    """The safetensors of checkpoint 1."""
+    model: bytes | None
+    """The safetensors of checkpoint 1; None when ``uploaded`` (PUT to the URLs of
+    ``hosting-upload-urls``, for a model too large to carry in the body)."""
     plans: Mapping[str, bytes]
-    """Plan name -> ``torch.export`` program; ``training_plan`` among them."""
+    """Plan name -> ``torch.export`` program carried inline; empty when uploaded."""
+    plan_names: tuple[str, ...]
+    """The plans hosted, ``training_plan`` among them."""
     client_config: ClientConfig
     server_config: ServerConfig
 
@@ -272,22 +310,48 @@ class HostTraining:
         fields = Fields(raw)
         client_config = ClientConfig.parse(fields.raw.get("client_config"))
         server_config = ServerConfig.parse(fields.raw.get("server_config"))
-        model = fields.base64("model")
         plans = fields.raw.get("plans")
-        if not isinstance(plans, Mapping) or TRAINING_PLAN not in plans:
+        if fields.flag("uploaded"):
+            if fields.present("model"):
+                raise BadRequest("send either 'model' or 'uploaded', not both", "invalid_field")
+            return cls(
+                model=None,
+                plans={},
+                plan_names=_named_plans(plans),
+                client_config=client_config,
+                server_config=server_config,
+            )
+        model = fields.base64("model")
+        if not isinstance(plans, Mapping):
             raise BadRequest("'plans' must be an object with a 'training_plan'", "invalid_plan")
+        names = _plan_names(tuple(plans), "an object")
         encoded = Fields(plans, prefix="plans.")
-        decoded = {}
-        for name in plans:
-            if _PLAN_NAME.fullmatch(name) is None:
-                raise BadRequest(
-                    f"plan name {name[:80]!r} must be 1-64 ASCII letters, digits and _",
-                    "invalid_plan",
-                )
-            decoded[name] = encoded.base64(name)
         return cls(
-            model=model, plans=decoded, client_config=client_config, server_config=server_config
+            model=model,
+            plans={name: encoded.base64(name) for name in names},
+            plan_names=names,
+            client_config=client_config,
+            server_config=server_config,
         )
+
+    @property
+    def uploaded(self) -> bool:
+        return self.model is None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostingUploadUrls:
+    """Where to PUT a model and its plans before ``host-training`` with ``uploaded``."""
+
+    name: str
+    version: str
+    plan_names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> HostingUploadUrls:
+        fields = Fields(raw)
+        name, version = _one_process(fields, "uploads are for one process")
+        return cls(name=name, version=version, plan_names=_named_plans(fields.raw.get("plans")))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,11 +376,7 @@ class DeleteProcess:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> DeleteProcess:
-        fields = Fields(raw)
-        name = _name(fields, "name")
-        version = fields.version("version")
-        if version is None:
-            raise BadRequest("'version' is required: a deletion names one process", "missing_field")
+        name, version = _one_process(Fields(raw), "a deletion names one process")
         return cls(name=name, version=version)
 
 

@@ -1,4 +1,5 @@
-"""Staging the functions bundle and the gcloud commands that deploy it (``firegrid deploy``).
+"""Staging one source directory per function and the gcloud commands that deploy them
+(``firegrid deploy``).
 
 Every fact about a function comes from ``firegrid.manifest``, the same table the
 local stack serves, so what runs locally is what gets deployed.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,17 +51,29 @@ class Target:
             raise ValueError(f"{path}: {missing.args[0]} is not set") from None
 
 
-def requirements() -> str:
-    """The runtime dependencies of pyproject.toml, for the functions' build."""
+def requirements(spec: FunctionSpec) -> str:
+    """The function's dependencies: pyproject.toml's core ones plus its manifest extras
+    (the CPU torch index only when torch is among them)."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    lines = [TORCH_INDEX, *project["dependencies"]]
+    extras = project.get("optional-dependencies", {})
+    unknown = [extra for extra in spec.extras if extra not in extras]
+    if unknown:
+        raise ValueError(f"function {spec.name}: no extra {unknown} in pyproject.toml")
+    lines = [*project["dependencies"], *(dep for extra in spec.extras for dep in extras[extra])]
+    if any(line.startswith("torch") for line in lines):
+        lines.insert(0, TORCH_INDEX)
     return "\n".join(lines) + "\n"
 
 
-def stage(out: Path) -> Path:
-    """A directory Cloud Functions can build: main.py, the firegrid package, requirements."""
+def stage(out: Path) -> dict[str, Path]:
+    """One directory per function, as Cloud Functions builds each from its own source:
+    main.py, the firegrid package and the function's own requirements.txt."""
     if out.exists():
         shutil.rmtree(out)
+    return {spec.name: _stage_one(spec, out / spec.name) for spec in FUNCTIONS}
+
+
+def _stage_one(spec: FunctionSpec, out: Path) -> Path:
     shutil.copytree(REPO_ROOT / "functions", out, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(
         REPO_ROOT / "shared" / "firegrid",
@@ -68,7 +82,7 @@ def stage(out: Path) -> Path:
             "__pycache__", "local", "client", "commands", "demo.py", "deploy.py", "plots.py"
         ),
     )
-    (out / "requirements.txt").write_text(requirements())
+    (out / "requirements.txt").write_text(requirements(spec))
     return out
 
 
@@ -100,14 +114,14 @@ def function_command(spec: FunctionSpec, target: Target, source: Path) -> list[s
     return command
 
 
-def plan(target: Target, source: Path) -> list[list[str]]:
-    """Every command of a deployment, in order."""
+def plan(target: Target, sources: Mapping[str, Path]) -> list[list[str]]:
+    """Every command of a deployment, in order (``sources``: function name -> staged dir)."""
     commands = [
         ["gcloud", "storage", "buckets", "create", f"gs://{target.bucket}",
          f"--project={target.project}", f"--location={target.region}",
          "--uniform-bucket-level-access"],
     ]  # fmt: skip
-    commands += [function_command(spec, target, source) for spec in FUNCTIONS]
+    commands += [function_command(spec, target, sources[spec.name]) for spec in FUNCTIONS]
     tick_url = f"https://{target.region}-{target.project}.cloudfunctions.net/tick"
     commands.append(
         [

@@ -3,6 +3,7 @@ and the operator client: JSON error answers become ``ServerError``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import requests
@@ -36,3 +37,17 @@ class FunctionClient:
                 code, message = "http_error", response.text[:200]
             raise ServerError(response.status_code, code, message)
         return response
+
+    def _put(self, grant: Mapping[str, Any], data: bytes) -> None:
+        """PUT ``data`` to the signed URL of an upload grant (``report-upload-url``,
+        ``hosting-upload-urls``)."""
+        response = self._http.request(
+            grant["method"],
+            grant["upload_url"],
+            data=data,
+            # The URL is signed with these (a content-length range among them).
+            headers=grant.get("headers") or {"Content-Type": grant["content_type"]},
+            timeout=self._timeout,
+        )
+        if response.status_code >= 400:
+            raise ServerError(response.status_code, "upload_failed", response.text[:200])

@@ -47,14 +47,22 @@ class FunctionSpec:
     """Requests one instance serves at once (gen2; more needs more than one vCPU)."""
     aggregates: bool = False
     """Closes cycles, so its ``memory`` bounds what a process may host (hosting checks)."""
+    extras: tuple[str, ...] = ()
+    """Optional dependency sets of pyproject.toml it installs besides the core ones:
+    ``hosting`` (torch, to validate plans) for the one function that hosts; the others
+    stay lean, so a cold start neither downloads nor imports torch."""
 
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec(
         name="model-centric", target="model_centric", signature="http", public=True, timeout_s=60
     ),
-    FunctionSpec(name="admin", target="admin", signature="http"),
-    FunctionSpec(name="tick", target="tick", signature="http", aggregates=True),
+    # 4 GiB: hosting holds the model and a plan (each up to limits.MAX_HOSTED_FILE_BYTES)
+    # with their decoded copies; closing a cycle of a 200 MB model needs about 2.1 GB.
+    FunctionSpec(
+        name="admin", target="admin", signature="http", memory="4GiB", extras=("hosting",)
+    ),
+    FunctionSpec(name="tick", target="tick", signature="http", memory="4GiB", aggregates=True),
     FunctionSpec(
         name="on-assignment-written",
         target="on_assignment_written",
@@ -81,6 +89,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
             document="processes/{process}/cycles/{cycle}",
         ),
         retry=True,
+        memory="4GiB",
         aggregates=True,
     ),
     FunctionSpec(
@@ -91,6 +100,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
             event_type=FIRESTORE_WRITTEN,
             document="processes/{process}/cycles/{cycle}/groups/{group}",
         ),
+        memory="4GiB",
         retry=True,
         aggregates=True,
     ),

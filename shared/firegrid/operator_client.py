@@ -10,6 +10,10 @@ from typing import Any
 
 from firegrid.functions_client import FunctionClient
 
+INLINE_HOSTING_BYTES = 16 * 2**20
+"""Above this (model and plans together) ``host`` uploads them through signed URLs: in
+base64 they would not fit the 32 MiB request body."""
+
 
 class OperatorClient(FunctionClient):
     """The operator API (function ``admin``); ``token`` is the local stack's bearer token."""
@@ -27,14 +31,29 @@ class OperatorClient(FunctionClient):
         plans: Mapping[str, bytes],
         client_config: Mapping[str, Any],
         server_config: Mapping[str, Any],
+        *,
+        inline_limit_bytes: int = INLINE_HOSTING_BYTES,
     ) -> str:
-        body = {
-            "model": base64.b64encode(model).decode(),
-            "plans": {name: base64.b64encode(data).decode() for name, data in plans.items()},
+        """Host a model; above ``inline_limit_bytes`` the model and plans are uploaded first
+        (``hosting-upload-urls``) and ``host-training`` names them."""
+        body: dict[str, Any] = {
             "client_config": dict(client_config),
             "server_config": dict(server_config),
         }
+        if len(model) + sum(map(len, plans.values())) <= inline_limit_bytes:
+            body["model"] = base64.b64encode(model).decode()
+            body["plans"] = {name: base64.b64encode(data).decode() for name, data in plans.items()}
+        else:
+            self._upload(model, plans, client_config["name"], client_config["version"])
+            body |= {"uploaded": True, "plans": list(plans)}
         return str(self._call("POST", "host-training", json=body).json()["process_id"])
+
+    def _upload(self, model: bytes, plans: Mapping[str, bytes], name: str, version: str) -> None:
+        body = {"name": name, "version": version, "plans": list(plans)}
+        grants = self._call("POST", "hosting-upload-urls", json=body).json()
+        self._put(grants["model"], model)
+        for plan_name, data in plans.items():
+            self._put(grants["plans"][plan_name], data)
 
     def delete_process(self, name: str, version: str) -> dict[str, Any]:
         """Delete the process and everything it owns; what was removed (counts)."""

@@ -42,6 +42,7 @@ from firegrid.services.results import (
     Done,
     Empty,
     Hosted,
+    HostingUploads,
     MetricsTable,
     Offer,
     ProcessReport,
@@ -219,18 +220,26 @@ def _(result: Rejection) -> flask.Response:
     return _json(rejection_body(result))
 
 
+def _upload(grant: UploadGrant) -> dict[str, Any]:
+    return {
+        "upload_url": grant.url,
+        "expires_at": grant.expires_at.isoformat(),
+        "method": "PUT",
+        "content_type": "application/octet-stream",
+        "headers": dict(grant.headers),
+        "max_bytes": grant.max_bytes,
+    }
+
+
 @render.register
 def _(result: UploadGrant) -> flask.Response:
-    return _json(
-        {
-            "upload_url": result.url,
-            "expires_at": result.expires_at.isoformat(),
-            "method": "PUT",
-            "content_type": "application/octet-stream",
-            "headers": dict(result.headers),
-            "max_bytes": result.max_bytes,
-        }
-    )
+    return _json(_upload(result))
+
+
+@render.register
+def _(result: HostingUploads) -> flask.Response:
+    plans = {name: _upload(grant) for name, grant in result.plans.items()}
+    return _json({"status": "success", "model": _upload(result.model), "plans": plans})
 
 
 @render.register

@@ -30,7 +30,7 @@ def _config(aggregation: str, **extra: object) -> ServerConfig:
 def test_the_aggregating_functions_memory_comes_from_the_manifest() -> None:
     closers = {spec.name for spec in manifest.FUNCTIONS if spec.aggregates}
     assert closers == {"on-cycle-written", "on-group-written", "tick"}
-    assert manifest.aggregation_memory_bytes() == 2 * GIB
+    assert manifest.aggregation_memory_bytes() == 4 * GIB
     assert [manifest.memory_bytes(m) for m in ("512Mi", "2GiB", "1G")] == [2**29, 2 * GIB, 10**9]
     with pytest.raises(ValueError, match="not like"):
         manifest.memory_bytes("2 GB")

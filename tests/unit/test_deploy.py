@@ -1,6 +1,9 @@
+from dataclasses import replace
 from pathlib import Path
 
-from firegrid.deploy import Target, plan, stage
+import pytest
+
+from firegrid.deploy import Target, plan, requirements, stage
 from firegrid.manifest import FUNCTIONS
 
 TARGET = Target(
@@ -13,7 +16,7 @@ TARGET = Target(
 
 
 def test_every_function_is_deployed_with_its_trigger(tmp_path: Path) -> None:
-    commands = plan(TARGET, tmp_path)
+    commands = plan(TARGET, {spec.name: tmp_path / spec.name for spec in FUNCTIONS})
     deployed = {c[3]: c for c in commands if c[:3] == ["gcloud", "functions", "deploy"]}
     assert set(deployed) == {spec.name for spec in FUNCTIONS}
     assert "--allow-unauthenticated" in deployed["model-centric"]
@@ -34,17 +37,31 @@ def test_every_function_is_deployed_with_its_trigger(tmp_path: Path) -> None:
         assert f"--timeout={spec.timeout_s}s" in command
         assert f"--max-instances={spec.max_instances}" in command
         assert f"--concurrency={spec.concurrency}" in command
+        assert f"--source={tmp_path / spec.name}" in command  # each from its own source
     scheduler = commands[-1]
     assert scheduler[:5] == ["gcloud", "scheduler", "jobs", "create", "http"]
     assert "--uri=https://europe-west1-p.cloudfunctions.net/tick" in scheduler
 
 
-def test_the_bundle_holds_main_the_package_and_a_cpu_torch_requirement(tmp_path: Path) -> None:
-    out = stage(tmp_path / "bundle")
-    assert (out / "main.py").exists()
-    assert (out / "firegrid" / "services" / "devices.py").exists()
-    for tooling in ("local", "commands", "client", "demo.py", "deploy.py"):
-        assert not (out / "firegrid" / tooling).exists(), tooling
-    requirements = (out / "requirements.txt").read_text().splitlines()
-    assert requirements[0].startswith("--extra-index-url https://download.pytorch.org/whl/cpu")
-    assert "torch==2.13.0" in requirements
+def test_each_function_is_staged_with_main_the_package_and_its_own_requirements(
+    tmp_path: Path,
+) -> None:
+    sources = stage(tmp_path / "bundle")
+    assert sources == {spec.name: tmp_path / "bundle" / spec.name for spec in FUNCTIONS}
+    for out in sources.values():
+        assert (out / "main.py").exists()
+        assert (out / "firegrid" / "services" / "devices.py").exists()
+        for tooling in ("local", "commands", "client", "demo.py", "deploy.py"):
+            assert not (out / "firegrid" / tooling).exists(), tooling
+    admin = (sources["admin"] / "requirements.txt").read_text().splitlines()
+    assert admin[0].startswith("--extra-index-url https://download.pytorch.org/whl/cpu")
+    assert "torch==2.13.0" in admin
+    lean = (sources["model-centric"] / "requirements.txt").read_text().splitlines()
+    assert not any("torch" in line for line in lean)
+    assert set(lean) == set(admin) - {admin[0], "torch==2.13.0"}  # the same core, no torch
+
+
+def test_a_function_naming_an_unknown_extra_is_refused() -> None:
+    spec = replace(FUNCTIONS[0], extras=("nonesuch",))
+    with pytest.raises(ValueError, match="nonesuch"):
+        requirements(spec)

@@ -101,16 +101,7 @@ class DeviceClient(FunctionClient):
             "report-upload-url",
             json={"worker_id": assignment.worker_id, "request_key": assignment.request_key},
         ).json()
-        response = self._http.request(
-            grant["method"],
-            grant["upload_url"],
-            data=diff,
-            # The URL is signed with these (a content-length range among them).
-            headers=grant.get("headers") or {"Content-Type": grant["content_type"]},
-            timeout=self._timeout,
-        )
-        if response.status_code >= 400:
-            raise ServerError(response.status_code, "upload_failed", response.text[:200])
+        self._put(grant, diff)
 
     def register_token(self, worker_id: str, fcm_token: str, model: str, **profile: Any) -> None:
         """Join the pool: pushes reach this device at ``fcm_token``."""

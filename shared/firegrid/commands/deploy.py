@@ -33,9 +33,9 @@ def deploy_command(args: argparse.Namespace) -> int:
         target = Target.from_env_file(args.env_file)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    source = stage(args.out)
-    print(f"staged {source}")
-    for command in plan(target, source):
+    sources = stage(args.out)
+    print(f"staged {len(sources)} functions under {args.out}")
+    for command in plan(target, sources):
         print("$", shlex.join(command))
         if not args.dry_run:
             try:

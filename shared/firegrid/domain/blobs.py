@@ -34,6 +34,20 @@ def upload_object(process_id: str, seq: int, worker_id: str, epoch: int) -> str:
     return f"processes/{process_id}/uploads/{seq}/{pseudonym(worker_id)}-{epoch}.safetensors"
 
 
+def hosting_upload_prefix(process_id: str) -> str:
+    """Where the operator PUTs a model and its plans too large to host inline; removed
+    by ``host-training`` whether it hosts them or not."""
+    return f"processes/{process_id}/hosting-uploads/"
+
+
+def hosting_model_upload(process_id: str) -> str:
+    return f"{hosting_upload_prefix(process_id)}model.safetensors"
+
+
+def hosting_plan_upload(process_id: str, plan_name: str) -> str:
+    return f"{hosting_upload_prefix(process_id)}plans/{plan_name}.pt2"
+
+
 def partial_object(process_id: str, seq: int, group: int, attempt: str) -> str:
     """A fanned-out closing's group partial, named by the attempt that wrote it."""
     return f"processes/{process_id}/partials/{seq}/{group}-{attempt}.safetensors"

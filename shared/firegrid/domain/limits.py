@@ -34,6 +34,12 @@ MAX_CONFIG_BYTES = 64 * 1024
 MAX_NESTING = 20
 """Depth of nested objects and lists (Firestore's own map depth limit is 20)."""
 
+MAX_HOSTED_FILE_BYTES = 512 * 2**20
+"""A model or plan uploaded for ``host-training`` (``hosting-upload-urls`` signs this
+bound): function ``admin`` holds the model and a plan at once while it validates them."""
+MAX_PLANS = 16
+"""Plans of one process (``training_plan`` and others)."""
+
 MAX_TENSORS = 10_000
 """Tensors in a hosted model."""
 MAX_TENSOR_NAME_LENGTH = 512

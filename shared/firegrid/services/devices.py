@@ -12,7 +12,6 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 
 from firegrid import api
 from firegrid.domain import blobs
@@ -34,13 +33,11 @@ from firegrid.services.results import (
     SignedUrl,
     UploadGrant,
 )
+from firegrid.services.signed import download, read_upload, upload_grant
 from firegrid.tensors import decode_state, encode_state
 
 AUTH_REQUIRED = "Authentication is required, please pass an 'auth_token'."
 INVALID_KEY = "Invalid request key!"
-SIGNED_URL_TTL = timedelta(minutes=15)
-CONTENT_LENGTH_RANGE = "x-goog-content-length-range"
-OCTET_STREAM = "application/octet-stream"
 
 
 def authenticate(ctx: Context, request: api.Authenticate) -> Authenticated:
@@ -167,24 +164,12 @@ def _place(ctx: Context, grant: Grant) -> Place:
     return Place(process, cycle, assignment)
 
 
-def _inline_limit(ctx: Context, process: Process) -> int:
-    lowered = process.server_config.max_inline_bytes
-    return min(ctx.settings.inline_limit_bytes, lowered or ctx.settings.inline_limit_bytes)
-
-
-def _download(ctx: Context, process: Process, name: str, size: int) -> bytes | SignedUrl:
-    """Small payloads inline; larger ones by a short-lived signed URL."""
-    if size <= _inline_limit(ctx, process):
-        return ctx.blobs.get(name)
-    return SignedUrl(ctx.blobs.signed_url(name, method="GET", expires_in=SIGNED_URL_TTL))
-
-
 def get_model(ctx: Context, request: api.ModelDownload) -> bytes | SignedUrl:
     place = _place(ctx, _grant(ctx, request))
     if request.model_id != place.process.id:
         raise NotFound("Model not found!", "unknown_model")
     name = place.cycle.model
-    return _download(ctx, place.process, name, payload_bytes(place.process.schema))
+    return download(ctx, place.process, name, payload_bytes(place.process.schema))
 
 
 def get_plan(ctx: Context, request: api.PlanDownload) -> bytes | SignedUrl:
@@ -198,7 +183,7 @@ def get_plan(ctx: Context, request: api.PlanDownload) -> bytes | SignedUrl:
         raise NotFound("Plan ID not found!", "unknown_plan")
     size = place.process.plan_sizes.get(request.plan_id, 0)
     name = blobs.plan_object(place.process.id, request.plan_id)
-    return _download(ctx, place.process, name, size)
+    return download(ctx, place.process, name, size)
 
 
 def report_upload_url(ctx: Context, request: api.Keyed) -> UploadGrant:
@@ -210,17 +195,7 @@ def report_upload_url(ctx: Context, request: api.Keyed) -> UploadGrant:
     place = _place(ctx, grant)
     if place.assignment.reported:
         raise Conflict("This worker already reported for this cycle", "already_reported")
-    max_bytes = max_file_bytes(place.process.schema)
-    headers = {"Content-Type": OCTET_STREAM, CONTENT_LENGTH_RANGE: f"0,{max_bytes}"}
-    url = ctx.blobs.signed_url(
-        grant.upload_object(), method="PUT", expires_in=SIGNED_URL_TTL, headers=headers
-    )
-    return UploadGrant(
-        url=url,
-        expires_at=ctx.clock.now() + SIGNED_URL_TTL,
-        headers=headers,
-        max_bytes=max_bytes,
-    )
+    return upload_grant(ctx, grant.upload_object(), max_file_bytes(place.process.schema))
 
 
 def report(ctx: Context, request: api.Report) -> Done:
@@ -275,23 +250,17 @@ def _report(ctx: Context, grant: Grant, request: api.Report, upload: str | None)
 
 
 def _uploaded_diff(ctx: Context, place: Place, name: str, max_bytes: int) -> bytes:
-    try:
-        return ctx.blobs.get(name, max_bytes=max_bytes)
-    except NotFound as missing:
-        if missing.code == "too_large":
-            raise PayloadTooLarge(
-                f"The uploaded diff is larger than this model's ({max_bytes} bytes)"
-            ) from None
-        seq, worker_id = place.cycle.seq, place.assignment.worker_id
-        now = ctx.repo.get_assignment(place.process.id, seq, worker_id)
-        if now is not None and now.reported:  # a twin report took the upload and counted
-            raise Conflict(
-                "This worker already reported for this cycle", "already_reported"
-            ) from None
-        raise BadRequest(
-            "No uploaded diff found: PUT it to the URL from report-upload-url first",
-            "missing_upload",
-        ) from None
+    uploaded = read_upload(ctx, name, max_bytes, "diff")
+    if uploaded is not None:
+        return uploaded
+    seq, worker_id = place.cycle.seq, place.assignment.worker_id
+    now = ctx.repo.get_assignment(place.process.id, seq, worker_id)
+    if now is not None and now.reported:  # a twin report took the upload and counted
+        raise Conflict("This worker already reported for this cycle", "already_reported")
+    raise BadRequest(
+        "No uploaded diff found: PUT it to the URL from report-upload-url first",
+        "missing_upload",
+    )
 
 
 def admit_speed_test(ctx: Context, request: api.SpeedTest) -> None:

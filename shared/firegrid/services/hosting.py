@@ -21,7 +21,8 @@ from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
 from firegrid.manifest import aggregation_memory_bytes
 from firegrid.services.context import Context
-from firegrid.services.results import Deleted, Hosted
+from firegrid.services.results import Deleted, Hosted, HostingUploads
+from firegrid.services.signed import read_upload, upload_grant
 from firegrid.tensors import decode_state
 
 
@@ -45,20 +46,82 @@ def new_cycle(process: Process, seq: int, ctx: Context, model_object: str | None
     )
 
 
+def hosting_upload_urls(ctx: Context, request: api.HostingUploadUrls) -> HostingUploads:
+    """Signed PUT URLs for a model and plans too large to carry in ``host-training``'s
+    body (then ``host-training`` with ``uploaded``). Refused like the hosting itself
+    when the process exists, so nothing is written beside a live process."""
+    process_id = process_id_for(request.name, request.version)
+    existing = ctx.repo.get_process(process_id)
+    if existing is not None:
+        _refuse_unless_abandoned(existing, request.name, request.version, ctx.clock.now())
+    bound = limits.MAX_HOSTED_FILE_BYTES
+    return HostingUploads(
+        model=upload_grant(ctx, blobs.hosting_model_upload(process_id), bound),
+        plans={
+            name: upload_grant(ctx, blobs.hosting_plan_upload(process_id, name), bound)
+            for name in request.plan_names
+        },
+    )
+
+
 def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
+    """Host what the body carries or, with ``uploaded``, what the operator uploaded; the
+    uploaded objects are removed whether the hosting succeeds or not."""
+    config = request.client_config
+    process_id = process_id_for(config.name, config.version)
+    if request.model is not None:
+        return _host(ctx, request, process_id, request.model, request.plans)
+    try:
+        model, plans = _read_uploads(ctx, process_id, request.plan_names)
+        return _host(ctx, request, process_id, model, plans)
+    finally:
+        ctx.blobs.delete_prefix(blobs.hosting_upload_prefix(process_id))
+
+
+def _read_uploads(
+    ctx: Context, process_id: str, plan_names: tuple[str, ...]
+) -> tuple[bytes, dict[str, bytes]]:
+    bound = limits.MAX_HOSTED_FILE_BYTES
+    model = _uploaded(ctx, blobs.hosting_model_upload(process_id), bound, "model")
+    plans = {
+        name: _uploaded(ctx, blobs.hosting_plan_upload(process_id, name), bound, f"plan '{name}'")
+        for name in plan_names
+    }
+    return model, plans
+
+
+def _uploaded(ctx: Context, name: str, max_bytes: int, what: str) -> bytes:
+    data = read_upload(ctx, name, max_bytes, what)
+    if data is None:
+        raise BadRequest(
+            f"No uploaded {what} found: PUT it to the URL from hosting-upload-urls first",
+            "missing_upload",
+        )
+    return data
+
+
+def _host(
+    ctx: Context,
+    request: api.HostTraining,
+    process_id: str,
+    model_bytes: bytes,
+    plan_bytes: Mapping[str, bytes],
+) -> Hosted:
     """Validate everything, then store checkpoint 1, the plans and cycle 1."""
     client_config, server_config = request.client_config, request.server_config
     ctx.verifier.check(server_config.authentication)
-    model_bytes = request.model
     model = decode_state(model_bytes, "model")
     _check_model(model)
-    check_aggregation_fits(schema_of(model), server_config, aggregation_memory_bytes())
-    plans = _validate_plans(request.plans, model)
+    schema = schema_of(model)
+    check_aggregation_fits(schema, server_config, aggregation_memory_bytes())
+    plans = _validate_plans(plan_bytes, model)
+    del model  # only the bytes are stored: the decoded copy need not outlive validation
 
-    process_id = process_id_for(client_config.name, client_config.version)
     existing = ctx.repo.get_process(process_id)
     if existing is not None:
-        _refuse_unless_abandoned(existing, client_config, ctx.clock.now())
+        _refuse_unless_abandoned(
+            existing, client_config.name, client_config.version, ctx.clock.now()
+        )
     process = Process(
         id=process_id,
         name=client_config.name,
@@ -69,7 +132,7 @@ def host_training(ctx: Context, request: api.HostTraining) -> Hosted:
         current_cycle=1,
         latest_checkpoint=1,
         key_secret=secrets.token_urlsafe(32),
-        schema=schema_of(model),
+        schema=schema,
         plans={name: name for name in plans},
         plan_sizes={name: len(data) for name, data in plans.items()},
         created_at=ctx.clock.now(),
@@ -114,19 +177,19 @@ def delete_process(ctx: Context, request: api.DeleteProcess) -> Deleted:
     return Deleted(process_id=process_id, documents=documents, objects=objects)
 
 
-def _refuse_unless_abandoned(existing: Process, config: ClientConfig, now: datetime) -> None:
+def _refuse_unless_abandoned(existing: Process, name: str, version: str, now: datetime) -> None:
     """Only a hosting that died half-way may be hosted again (409 otherwise, saying why)."""
     existing.in_service()
     existing.refuse_while_hosting(now)
     if not existing.hosting_abandoned(now):
-        raise _duplicate(config)
+        raise _duplicate(name, version)
 
 
 def _create(ctx: Context, process: Process, config: ClientConfig) -> None:
     try:
         ctx.repo.create_hosting(process)
     except Conflict:  # a concurrent host of the same name+version won
-        raise _duplicate(config) from None
+        raise _duplicate(config.name, config.version) from None
 
 
 def _take_over(ctx: Context, process: Process, config: ClientConfig) -> None:
@@ -137,13 +200,13 @@ def _take_over(ctx: Context, process: Process, config: ClientConfig) -> None:
     now = ctx.clock.now()
     taken = ctx.repo.update_process(process.id, lambda stored: stored.taken_over_by(process, now))
     if taken is None:
-        raise _duplicate(config)
+        raise _duplicate(config.name, config.version)
     ctx.blobs.delete_prefix(blobs.process_prefix(process.id))
 
 
-def _duplicate(config: ClientConfig) -> Conflict:
+def _duplicate(name: str, version: str) -> Conflict:
     return Conflict(
-        f"A process for model '{config.name}' version '{config.version}' already exists",
+        f"A process for model '{name}' version '{version}' already exists",
         "duplicate_process",
     )
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from firegrid import api
 from firegrid.domain import blobs, limits
+from firegrid.domain.diffs import payload_bytes
 from firegrid.domain.errors import BadRequest, NotFound
 from firegrid.domain.keys import pseudonym
 from firegrid.domain.model import Process
 from firegrid.services import pool
 from firegrid.services.context import Context
 from firegrid.services.lookups import known_worker, named_process, process_of
-from firegrid.services.results import MetricsTable, ProcessReport, Stored
+from firegrid.services.results import MetricsTable, ProcessReport, SignedUrl, Stored
+from firegrid.services.signed import download
 
 
 def status(ctx: Context, query: api.ProcessQuery) -> ProcessReport:
@@ -31,12 +33,14 @@ def status(ctx: Context, query: api.ProcessQuery) -> ProcessReport:
     )
 
 
-def retrieve_model(ctx: Context, query: api.CheckpointQuery) -> bytes:
+def retrieve_model(ctx: Context, query: api.CheckpointQuery) -> bytes | SignedUrl:
+    """The checkpoint's bytes; above the inline limit a signed URL (307), as devices get."""
     process = named_process(ctx, query)
     number = process.latest_checkpoint if query.number is None else query.number
     if not 1 <= number <= process.latest_checkpoint:
         raise NotFound(f"Checkpoint {number} not found", "unknown_checkpoint")
-    return ctx.blobs.get(_checkpoint_name(ctx, process, number))
+    name = _checkpoint_name(ctx, process, number)
+    return download(ctx, process, name, payload_bytes(process.schema))
 
 
 def _checkpoint_name(ctx: Context, process: Process, number: int) -> str:

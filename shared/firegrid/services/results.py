@@ -46,13 +46,22 @@ class SignedUrl:
 
 @dataclass(frozen=True, kw_only=True)
 class UploadGrant:
-    """Where a device PUTs a diff too large to send inline, and how."""
+    """Where to PUT one payload too large to send inline (a diff, a hosted model or
+    plan), and how."""
 
     url: str
     expires_at: datetime
     headers: Mapping[str, str]
     """Headers the URL is signed with: the request must carry them."""
     max_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostingUploads:
+    """Where the operator PUTs the model and each plan before hosting them."""
+
+    model: UploadGrant
+    plans: Mapping[str, UploadGrant]
 
 
 @dataclass(frozen=True)
