@@ -172,6 +172,12 @@ def assignment_doc(assignment: Assignment) -> Document:
     }
 
 
+def slot_doc(assignment: Assignment) -> Document:
+    """The place an assignment holds in a capped cycle; ``slot`` is a field as well as
+    the document id, so the places taken in a range can be counted."""
+    return {"worker_id": assignment.worker_id, "epoch": assignment.epoch, "slot": assignment.slot}
+
+
 def assignment_from(data: Document) -> Assignment:
     return Assignment(
         worker_id=data["worker_id"],

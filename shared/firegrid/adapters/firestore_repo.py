@@ -27,6 +27,7 @@ from firegrid.adapters import firestore_codecs as codecs
 from firegrid.domain.cycle import Cycle, ProcessStatus
 from firegrid.domain.errors import Conflict, Unavailable
 from firegrid.domain.model import Assignment, Process, Report, Worker, first_assignment
+from firegrid.domain.selection import Places
 
 _EXISTS = (gexc.AlreadyExists, gexc.Conflict, gexc.FailedPrecondition)
 REPORT_CLAIM_WAIT_S = 10.0
@@ -309,10 +310,10 @@ class FirestoreRepository:
         cycle: Cycle,
         worker_id: str,
         now: datetime,
-        choose_slot: Callable[[set[int]], int | None] | None,
+        places: Places | None,
     ) -> Assignment | None:
         ref = self._assignments(process_id, cycle.seq).document(worker_id)
-        if choose_slot is None:
+        if places is None:
             assignment = first_assignment(worker_id, cycle, now, slot=None)
             try:
                 ref.create(codecs.assignment_doc(assignment))
@@ -320,14 +321,23 @@ class FirestoreRepository:
             except _EXISTS:
                 return self.get_assignment(process_id, cycle.seq, worker_id)
         slots = self._slots(process_id, cycle.seq)
+
+        def taken_in(lo: int, hi: int) -> int:
+            in_range = slots.where(filter=FieldFilter("slot", ">=", lo)).where(
+                filter=FieldFilter("slot", "<", hi)
+            )
+            return _count(in_range)
+
+        probes = iter(places.probes())
         while True:
-            taken = {int(s.id) for s in slots.select(["worker_id"]).stream()}
-            slot = choose_slot(taken)
+            slot = next(probes, None)
+            if slot is None:
+                slot = places.free_place(taken_in)
             if slot is None:  # full, unless this worker's own concurrent request took a place
                 return self.get_assignment(process_id, cycle.seq, worker_id)
             assignment = first_assignment(worker_id, cycle, now, slot=slot)
             batch = self._db.batch()
-            batch.create(slots.document(str(slot)), {"worker_id": worker_id, "epoch": cycle.epoch})
+            batch.create(slots.document(str(slot)), codecs.slot_doc(assignment))
             batch.create(ref, codecs.assignment_doc(assignment))
             try:
                 batch.commit()
