@@ -382,6 +382,31 @@ def test_the_last_cycle_completes_the_process(repo: Repository) -> None:
     assert repo.training_processes() == []
 
 
+def test_a_process_read_again_is_fresh_and_another_hosting_of_its_id_is_read_whole(
+    repo: Repository,
+) -> None:
+    hosted(repo)
+    assert repo.get_process("p1").status is ProcessStatus.TRAINING  # now known to the instance
+    leased(repo, "h")
+    summary = CycleSummary(num_diffs=1, total_samples=3, checkpoint_out=2, closed_at=T0)
+    repo.complete_cycle(
+        "p1", 1, lambda c: c.complete("h", summary), cycle(seq=2), lambda p: p.after_cycle(2, 2)
+    )
+    progressed = repo.get_process("p1")
+    assert (progressed.current_cycle, progressed.latest_checkpoint) == (2, 2)
+    repo.update_process("p1", lambda p: p.marked_for_deletion(T0))
+    assert repo.get_process("p1").status is ProcessStatus.DELETING  # the 409 cannot be stale
+    assert [p.status for p in repo.processes_named("mnist", None)] == [ProcessStatus.DELETING]
+    repo.delete_process("p1")
+    assert repo.get_process("p1") is None and repo.processes_named("mnist", None) == []
+
+    later = T0 + timedelta(hours=1)
+    again = hosted(repo, key_secret="another", created_at=later, plans={"p": "p"}, plan_sizes={})
+
+    assert repo.get_process("p1") == again
+    assert repo.processes_named("mnist", "1.0") == [again]
+
+
 def test_an_uncapped_place_is_claimed_once_per_worker(repo: Repository) -> None:
     hosted(repo)
     open_cycle = repo.get_cycle("p1", 1)

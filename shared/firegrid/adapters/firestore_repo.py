@@ -12,6 +12,7 @@ the cycle and the assignment, serialised among its twins by a report claim.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +37,8 @@ REPORT_CLAIM_TTL = timedelta(seconds=60)
 """A report claim older than this was left by a dead instance: the next twin takes it."""
 _IN_FILTER_LIMIT = 30
 """Firestore's limit on the values of an ``in`` filter."""
+_DECODED_LIMIT = 1024
+"""Processes an instance keeps decoded (the oldest goes first)."""
 _BATCH_LIMIT = 400
 """Writes per batch: below Firestore's 500."""
 
@@ -49,6 +52,9 @@ class _Declined(Exception):
 class FirestoreRepository:
     def __init__(self, client: firestore.Client) -> None:
         self._db = client
+        self._decoded: dict[str, Process] = {}
+        """Processes already read by this instance, by id (see ``_fresh``)."""
+        self._decoded_lock = threading.Lock()
 
     # -- references -------------------------------------------------------
     def _process_ref(self, process_id: str) -> firestore.DocumentReference:
@@ -160,14 +166,52 @@ class FirestoreRepository:
             batch.commit()
 
     def get_process(self, process_id: str) -> Process | None:
-        snap = self._process_ref(process_id).get()
-        return codecs.process_from(snap.id, snap.to_dict() or {}) if snap.exists else None
+        ref = self._process_ref(process_id)
+        known = self._known(process_id)
+        if known is None:
+            return self._read_process(ref)
+        snap = ref.get(field_paths=codecs.PROCESS_CHECKED)
+        return self._fresh(snap, known) if snap.exists else None
 
     def processes_named(self, name: str, version: str | None) -> list[Process]:
         query = self._db.collection("processes").where(filter=FieldFilter("name", "==", name))
         if version is not None:
             query = query.where(filter=FieldFilter("version", "==", version))
-        return [codecs.process_from(s.id, s.to_dict() or {}) for s in query.stream()]
+        found = [self._fresh(snap, self._known(snap.id)) for snap in query.stream()]
+        return [process for process in found if process is not None]
+
+    def _fresh(self, snap: Any, known: Process | None) -> Process | None:
+        """Device requests read a process each time, but decoding its configuration and
+        schema (milliseconds for a model of hundreds of tensors) is done once per instance:
+        a process already decoded is read again for ``PROCESS_CHECKED`` only, which must
+        be fresh (a deletion's 409, the current cycle); another hosting of the same id
+        is read in full."""
+        data = snap.to_dict() or {}
+        fresh = codecs.progressed(known, data) if known is not None else None
+        if fresh is not None:
+            return fresh
+        if set(data) <= set(codecs.PROCESS_CHECKED):  # a projection: read the whole document
+            return self._read_process(snap.reference)
+        return self._remember(codecs.process_from(snap.id, data))
+
+    def _read_process(self, ref: firestore.DocumentReference) -> Process | None:
+        snap = ref.get()
+        return (
+            self._remember(codecs.process_from(snap.id, snap.to_dict() or {}))
+            if snap.exists
+            else None
+        )
+
+    def _known(self, process_id: str) -> Process | None:
+        with self._decoded_lock:
+            return self._decoded.get(process_id)
+
+    def _remember(self, process: Process) -> Process:
+        with self._decoded_lock:
+            if len(self._decoded) >= _DECODED_LIMIT:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[process.id] = process
+        return process
 
     def training_processes(self) -> list[Process]:
         query = self._db.collection("processes").where(
