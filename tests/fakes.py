@@ -24,6 +24,7 @@ from firegrid.domain.errors import Conflict, NotFound, Unauthorized
 from firegrid.domain.fanout import Group
 from firegrid.domain.model import Assignment, Process, Report, Worker, first_assignment
 from firegrid.domain.push import PushMessage, SendReport
+from firegrid.domain.selection import Places
 from firegrid.services.context import Context
 from firegrid.settings import Settings
 
@@ -423,7 +424,7 @@ class FakeRepository:
         cycle: Cycle,
         worker_id: str,
         now: datetime,
-        choose_slot: Callable[[set[int]], int | None] | None,
+        places: Places | None,
     ) -> Assignment | None:
         with self._lock:
             record = self.cycles[(process_id, cycle.seq)]
@@ -431,8 +432,12 @@ class FakeRepository:
             if existing is not None:
                 return existing
             slot = None
-            if choose_slot is not None:
-                slot = choose_slot(set(record.slots))
+            if places is not None:
+                slot = next((s for s in places.probes() if s not in record.slots), None)
+                if slot is None:
+                    slot = places.free_place(
+                        lambda lo, hi: sum(lo <= taken < hi for taken in record.slots)
+                    )
                 if slot is None:
                     return None
                 record.slots[slot] = worker_id

@@ -11,6 +11,7 @@ from firegrid.domain.cycle import Cycle
 from firegrid.domain.fanout import Group
 from firegrid.domain.model import Assignment, Process, Report, Worker
 from firegrid.domain.push import PushMessage, SendReport
+from firegrid.domain.selection import Places
 
 
 class Clock(Protocol):
@@ -167,11 +168,12 @@ class CycleRepository(Protocol):
         cycle: Cycle,
         worker_id: str,
         now: datetime,
-        choose_slot: Callable[[set[int]], int | None] | None,
+        places: Places | None,
     ) -> Assignment | None:
-        """The worker's assignment in ``cycle`` (existing, or new); with ``choose_slot`` the
-        cycle is capped: a new assignment takes the slot it chooses among the taken ones,
-        atomically, and None means every place is taken."""
+        """The worker's assignment in ``cycle`` (existing, or new); with ``places`` the
+        cycle is capped: a new assignment takes a free place atomically, tried as
+        ``places`` says (its probes, then ``free_place`` over counts of the taken ones,
+        never a listing), and None means every place is taken."""
         ...
 
     def record_report(

@@ -24,7 +24,7 @@ from firegrid.domain.diffs import TensorSpec
 from firegrid.domain.errors import Conflict
 from firegrid.domain.fanout import GroupStatus, partition
 from firegrid.domain.model import Assignment, Process, Report, Worker
-from firegrid.domain.selection import free_slot
+from firegrid.domain.selection import PROBES, Places
 from firegrid.ports import Repository
 from tests.fakes import FakeRepository
 
@@ -200,7 +200,7 @@ def test_deleting_a_process_removes_every_document_it_owns(repo: Repository) -> 
     rng = random.Random(0)
     for wid in ("w1", "w2", "w3"):
         repo.save_worker(worker(wid))
-        repo.claim_place("p1", open_cycle, wid, T0, lambda taken: free_slot(taken, 5, rng))
+        repo.claim_place("p1", open_cycle, wid, T0, Places(5, rng))
     repo.save_worker(worker("x", pid="other"))
     repo.record_report("p1", 1, "w1", report())
     repo.record_invitations("p1", 1, 0, ["w1", "w2"], T0)
@@ -384,6 +384,31 @@ def test_the_last_cycle_completes_the_process(repo: Repository) -> None:
     assert repo.training_processes() == []
 
 
+def test_a_process_read_again_is_fresh_and_another_hosting_of_its_id_is_read_whole(
+    repo: Repository,
+) -> None:
+    hosted(repo)
+    assert repo.get_process("p1").status is ProcessStatus.TRAINING  # now known to the instance
+    leased(repo, "h")
+    summary = CycleSummary(num_diffs=1, total_samples=3, checkpoint_out=2, closed_at=T0)
+    repo.complete_cycle(
+        "p1", 1, lambda c: c.complete("h", summary), cycle(seq=2), lambda p: p.after_cycle(2, 2)
+    )
+    progressed = repo.get_process("p1")
+    assert (progressed.current_cycle, progressed.latest_checkpoint) == (2, 2)
+    repo.update_process("p1", lambda p: p.marked_for_deletion(T0))
+    assert repo.get_process("p1").status is ProcessStatus.DELETING  # the 409 cannot be stale
+    assert [p.status for p in repo.processes_named("mnist", None)] == [ProcessStatus.DELETING]
+    repo.delete_process("p1")
+    assert repo.get_process("p1") is None and repo.processes_named("mnist", None) == []
+
+    later = T0 + timedelta(hours=1)
+    again = hosted(repo, key_secret="another", created_at=later, plans={"p": "p"}, plan_sizes={})
+
+    assert repo.get_process("p1") == again
+    assert repo.processes_named("mnist", "1.0") == [again]
+
+
 def test_an_uncapped_place_is_claimed_once_per_worker(repo: Repository) -> None:
     hosted(repo)
     open_cycle = repo.get_cycle("p1", 1)
@@ -399,20 +424,33 @@ def test_an_uncapped_place_is_claimed_once_per_worker(repo: Repository) -> None:
 def test_capped_places_are_never_overbooked(repo: Repository) -> None:
     hosted(repo)
     open_cycle = repo.get_cycle("p1", 1)
-    rng = random.Random(3)
-    lock = threading.Lock()
 
-    def choose(taken: set[int]) -> int | None:
-        with lock:
-            return free_slot(taken, 5, rng)
+    def claim(i: int) -> Assignment | None:
+        return repo.claim_place("p1", open_cycle, f"w{i}", T0, Places(5, random.Random(i)))
 
-    claims = concurrently(16, lambda i: repo.claim_place("p1", open_cycle, f"w{i}", T0, choose))
+    claims = concurrently(16, claim)
 
     placed = [a for a in claims if a is not None]
     assert len(placed) == 5 and claims.count(None) == 11
     assert sorted(a.slot for a in placed) == [0, 1, 2, 3, 4]
     assert repo.count_assigned("p1", 1) == 5
-    assert repo.claim_place("p1", open_cycle, placed[0].worker_id, T0, choose) == placed[0]
+    again = repo.claim_place("p1", open_cycle, placed[0].worker_id, T0, Places(5, random.Random()))
+    assert again == placed[0]
+
+
+def test_the_last_free_places_are_found_when_every_probe_is_taken(repo: Repository) -> None:
+    hosted(repo)
+    open_cycle = repo.get_cycle("p1", 1)
+    cap = 3 * PROBES
+
+    placed = [
+        repo.claim_place("p1", open_cycle, f"w{i}", T0, Places(cap, random.Random(i)))
+        for i in range(cap + 1)
+    ]
+
+    assert sorted(a.slot for a in placed[:cap]) == list(range(cap))  # none refused early
+    assert placed[cap] is None  # then exactly full
+    assert repo.count_assigned("p1", 1) == cap
 
 
 def report(epoch: int = 0, diff: str = "diffs/a") -> Report:
@@ -497,9 +535,7 @@ def test_a_reset_drops_unreported_places_and_frees_their_slots(repo: Repository)
     open_cycle = repo.get_cycle("p1", 1)
     rng = random.Random(0)
 
-    def choose(taken: set[int]) -> int | None:
-        return free_slot(taken, 2, rng)
-
+    choose = Places(2, rng)
     for wid in ("w1", "w2"):
         repo.save_worker(worker(wid))
         repo.claim_place("p1", open_cycle, wid, T0, choose)

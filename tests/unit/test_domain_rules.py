@@ -4,6 +4,7 @@ cycle and a process, report admission, token moves, the current version, slot ch
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,7 @@ from firegrid.domain.model import (
     first_assignment,
     token_holders_to_clear,
 )
-from firegrid.domain.selection import free_slot
+from firegrid.domain.selection import PROBES, Places
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 OPEN = Cycle(
@@ -209,9 +210,36 @@ def test_a_token_belongs_to_one_worker_of_a_process() -> None:
     assert (withdrawn.available, withdrawn.available_until) == (False, None)
 
 
-def test_free_slots_are_chosen_among_the_free_ones_with_the_injected_rng() -> None:
-    assert free_slot({0, 1, 2}, 3, random.Random(0)) is None
-    assert free_slot({0, 2}, 3, random.Random(0)) == 1
-    draws = {free_slot(set(), 10, random.Random(seed)) for seed in range(50)}
-    assert len(draws) > 5  # spread, so concurrent claimants rarely collide
-    assert free_slot(set(), 10, random.Random(7)) == free_slot(set(), 10, random.Random(7))
+def test_probes_are_a_few_distinct_random_places_drawn_by_the_injected_rng() -> None:
+    probes = Places(1000, random.Random(7)).probes()
+    assert len(probes) == len(set(probes)) == PROBES and all(0 <= p < 1000 for p in probes)
+    assert probes == Places(1000, random.Random(7)).probes()
+    assert sorted(Places(3, random.Random(0)).probes()) == [0, 1, 2]  # never more than the cap
+    firsts = {Places(1000, random.Random(seed)).probes()[0] for seed in range(50)}
+    assert len(firsts) > 40  # spread, so concurrent claimants rarely collide
+
+
+class CountingPlaces:
+    """Taken places, counted per range as the store would, recording each count."""
+
+    def __init__(self, taken: set[int]) -> None:
+        self.taken, self.counts = taken, 0
+
+    def __call__(self, lo: int, hi: int) -> int:
+        self.counts += 1
+        return sum(lo <= t < hi for t in self.taken)
+
+
+@pytest.mark.parametrize("free", [0, 1, 517, 999])
+def test_the_free_place_is_found_by_bisecting_counts_of_taken_places(free: int) -> None:
+    store = CountingPlaces(set(range(1000)) - {free})
+
+    assert Places(1000, random.Random(free)).free_place(store) == free
+    assert store.counts <= 1 + math.ceil(math.log2(1000))  # not a listing of the 999 taken
+
+
+def test_a_full_cycle_is_known_from_one_count() -> None:
+    store = CountingPlaces(set(range(1000)))
+    assert Places(1000, random.Random(0)).free_place(store) is None
+    assert store.counts == 1
+    assert Places(1, random.Random(0)).free_place(CountingPlaces(set())) == 0

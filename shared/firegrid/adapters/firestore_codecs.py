@@ -15,6 +15,7 @@ functions, so a field is spelt once. Layout (docs/architecture.md, "State"):
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from firegrid.domain.config import ServerConfig
@@ -51,6 +52,24 @@ def process_progress(process: Process) -> Document:
         "current_cycle": process.current_cycle,
         "latest_checkpoint": process.latest_checkpoint,
     }
+
+
+PROCESS_CHECKED = ("status", "current_cycle", "latest_checkpoint", "key_secret", "created_at")
+"""What is read again of a process already decoded: its progress, and what tells one
+hosting from another of the same id (a takeover or a re-host after a deletion)."""
+
+
+def progressed(known: Process, data: Document) -> Process | None:
+    """``known`` with the progress in ``data`` (the ``PROCESS_CHECKED`` fields), or None
+    if ``data`` is another hosting's: everything else never changes after hosting."""
+    if data["key_secret"] != known.key_secret or data["created_at"] != known.created_at:
+        return None
+    return replace(
+        known,
+        status=ProcessStatus(data["status"]),
+        current_cycle=data["current_cycle"],
+        latest_checkpoint=data["latest_checkpoint"],
+    )
 
 
 def process_from(process_id: str, data: Document) -> Process:
@@ -174,6 +193,12 @@ def assignment_doc(assignment: Assignment) -> Document:
         "diff_object": assignment.diff_object,
         "skipped": assignment.skipped,
     }
+
+
+def slot_doc(assignment: Assignment) -> Document:
+    """The place an assignment holds in a capped cycle; ``slot`` is a field as well as
+    the document id, so the places taken in a range can be counted."""
+    return {"worker_id": assignment.worker_id, "epoch": assignment.epoch, "slot": assignment.slot}
 
 
 def assignment_from(data: Document) -> Assignment:

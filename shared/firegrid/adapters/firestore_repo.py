@@ -13,6 +13,7 @@ the cycle and the assignment, serialised among its twins by a report claim.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from firegrid.domain.cycle import Cycle, ProcessStatus
 from firegrid.domain.errors import Conflict, Unavailable
 from firegrid.domain.fanout import Group
 from firegrid.domain.model import Assignment, Process, Report, Worker, first_assignment
+from firegrid.domain.selection import Places
 
 _EXISTS = (gexc.AlreadyExists, gexc.Conflict, gexc.FailedPrecondition)
 REPORT_CLAIM_WAIT_S = 10.0
@@ -37,6 +39,8 @@ REPORT_CLAIM_TTL = timedelta(seconds=60)
 """A report claim older than this was left by a dead instance: the next twin takes it."""
 _IN_FILTER_LIMIT = 30
 """Firestore's limit on the values of an ``in`` filter."""
+_DECODED_LIMIT = 1024
+"""Processes an instance keeps decoded (the oldest goes first)."""
 _BATCH_LIMIT = 400
 """Writes per batch: below Firestore's 500."""
 
@@ -50,6 +54,9 @@ class _Declined(Exception):
 class FirestoreRepository:
     def __init__(self, client: firestore.Client) -> None:
         self._db = client
+        self._decoded: dict[str, Process] = {}
+        """Processes already read by this instance, by id (see ``_fresh``)."""
+        self._decoded_lock = threading.Lock()
 
     # -- references -------------------------------------------------------
     def _process_ref(self, process_id: str) -> firestore.DocumentReference:
@@ -161,14 +168,52 @@ class FirestoreRepository:
             batch.commit()
 
     def get_process(self, process_id: str) -> Process | None:
-        snap = self._process_ref(process_id).get()
-        return codecs.process_from(snap.id, snap.to_dict() or {}) if snap.exists else None
+        ref = self._process_ref(process_id)
+        known = self._known(process_id)
+        if known is None:
+            return self._read_process(ref)
+        snap = ref.get(field_paths=codecs.PROCESS_CHECKED)
+        return self._fresh(snap, known) if snap.exists else None
 
     def processes_named(self, name: str, version: str | None) -> list[Process]:
         query = self._db.collection("processes").where(filter=FieldFilter("name", "==", name))
         if version is not None:
             query = query.where(filter=FieldFilter("version", "==", version))
-        return [codecs.process_from(s.id, s.to_dict() or {}) for s in query.stream()]
+        found = [self._fresh(snap, self._known(snap.id)) for snap in query.stream()]
+        return [process for process in found if process is not None]
+
+    def _fresh(self, snap: Any, known: Process | None) -> Process | None:
+        """Device requests read a process each time, but decoding its configuration and
+        schema (milliseconds for a model of hundreds of tensors) is done once per instance:
+        a process already decoded is read again for ``PROCESS_CHECKED`` only, which must
+        be fresh (a deletion's 409, the current cycle); another hosting of the same id
+        is read in full."""
+        data = snap.to_dict() or {}
+        fresh = codecs.progressed(known, data) if known is not None else None
+        if fresh is not None:
+            return fresh
+        if set(data) <= set(codecs.PROCESS_CHECKED):  # a projection: read the whole document
+            return self._read_process(snap.reference)
+        return self._remember(codecs.process_from(snap.id, data))
+
+    def _read_process(self, ref: firestore.DocumentReference) -> Process | None:
+        snap = ref.get()
+        return (
+            self._remember(codecs.process_from(snap.id, snap.to_dict() or {}))
+            if snap.exists
+            else None
+        )
+
+    def _known(self, process_id: str) -> Process | None:
+        with self._decoded_lock:
+            return self._decoded.get(process_id)
+
+    def _remember(self, process: Process) -> Process:
+        with self._decoded_lock:
+            if len(self._decoded) >= _DECODED_LIMIT:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[process.id] = process
+        return process
 
     def training_processes(self) -> list[Process]:
         query = self._db.collection("processes").where(
@@ -351,10 +396,10 @@ class FirestoreRepository:
         cycle: Cycle,
         worker_id: str,
         now: datetime,
-        choose_slot: Callable[[set[int]], int | None] | None,
+        places: Places | None,
     ) -> Assignment | None:
         ref = self._assignments(process_id, cycle.seq).document(worker_id)
-        if choose_slot is None:
+        if places is None:
             assignment = first_assignment(worker_id, cycle, now, slot=None)
             try:
                 ref.create(codecs.assignment_doc(assignment))
@@ -362,14 +407,23 @@ class FirestoreRepository:
             except _EXISTS:
                 return self.get_assignment(process_id, cycle.seq, worker_id)
         slots = self._slots(process_id, cycle.seq)
+
+        def taken_in(lo: int, hi: int) -> int:
+            in_range = slots.where(filter=FieldFilter("slot", ">=", lo)).where(
+                filter=FieldFilter("slot", "<", hi)
+            )
+            return _count(in_range)
+
+        probes = iter(places.probes())
         while True:
-            taken = {int(s.id) for s in slots.select(["worker_id"]).stream()}
-            slot = choose_slot(taken)
+            slot = next(probes, None)
+            if slot is None:
+                slot = places.free_place(taken_in)
             if slot is None:  # full, unless this worker's own concurrent request took a place
                 return self.get_assignment(process_id, cycle.seq, worker_id)
             assignment = first_assignment(worker_id, cycle, now, slot=slot)
             batch = self._db.batch()
-            batch.create(slots.document(str(slot)), {"worker_id": worker_id, "epoch": cycle.epoch})
+            batch.create(slots.document(str(slot)), codecs.slot_doc(assignment))
             batch.create(ref, codecs.assignment_doc(assignment))
             try:
                 batch.commit()

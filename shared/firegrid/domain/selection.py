@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -75,8 +75,39 @@ def select(
     return rng.sample(ordered, count)
 
 
-def free_slot(taken: set[int], max_workers: int, rng: random.Random) -> int | None:
-    """A free place of a capped cycle, chosen at random so that concurrent claimants
-    spread over the free places instead of racing for the first; None when all are taken."""
-    free = [slot for slot in range(max_workers) if slot not in taken]
-    return rng.choice(free) if free else None
+PROBES = 8
+"""Random places a claimant tries before it asks the store how many are taken."""
+
+
+@dataclass(frozen=True)
+class Places:
+    """The places ``0 .. cap-1`` of a capped cycle, and how a claimant finds a free one
+    without listing the taken ones (admission costs the same whatever the cap).
+
+    First ``probes``: a few distinct random places, so concurrent claimants spread out
+    and, while the cycle is not nearly full, one of them is almost always free. When
+    every probe was taken, ``free_place`` bisects the places by how many are taken in
+    each range (a ``count()`` in the store): ``log2(cap)`` counts find a free place, and
+    the first says exactly whether the cycle is full.
+    """
+
+    cap: int
+    rng: random.Random
+
+    def probes(self) -> list[int]:
+        return self.rng.sample(range(self.cap), min(PROBES, self.cap))
+
+    def free_place(self, taken_in: Callable[[int, int], int]) -> int | None:
+        """A place that was free when counted (``taken_in(lo, hi)``: how many of
+        ``lo .. hi-1`` are taken), or None if all are taken. Each step searches a random
+        half first, so claimants racing for the last places do not all pick the same."""
+        lo, hi = 0, self.cap
+        if taken_in(lo, hi) >= hi - lo:
+            return None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            halves = [(lo, mid), (mid, hi)]
+            self.rng.shuffle(halves)
+            first, second = halves
+            lo, hi = first if taken_in(*first) < first[1] - first[0] else second
+        return lo

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.wrappers import Response
 
 from firegrid.manifest import FUNCTIONS, FunctionSpec
+
+COUNT_OPS_ENV = "FIREGRID_COUNT_OPS"
+"""Set to a file path: count Firestore operations per route and document into it
+(``firegrid.local.op_counts``)."""
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -106,6 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Built before gunicorn starts, so a broken main.py fails the process at once.
     app = build_app(args.source.resolve())
+    counts_file = os.environ.get(COUNT_OPS_ENV)
+    if counts_file:  # a benchmark asked for Firestore operation counts
+        from firegrid.local.op_counts import counting
+
+        app = counting(app, Path(counts_file))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger(__name__).info(
         "serving %s on 127.0.0.1:%d", ", ".join(f"/{spec.name}" for spec in FUNCTIONS), args.port

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from firegrid import api
@@ -22,7 +21,7 @@ from firegrid.domain.diffs import max_file_bytes, payload_bytes, validate_diff
 from firegrid.domain.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized
 from firegrid.domain.keys import KeyScope, derive_worker_id, issue_request_key, verify_request_key
 from firegrid.domain.model import Assignment, Process, Report, Worker
-from firegrid.domain.selection import free_slot
+from firegrid.domain.selection import Places
 from firegrid.services.context import Context
 from firegrid.services.lookups import find_worker, known_worker, process_by_name
 from firegrid.services.results import (
@@ -98,7 +97,7 @@ def request_cycle(ctx: Context, request: api.CycleRequest) -> Offer | Rejection:
         )
         if reason is not None:
             return reject(reason, cycle, config, now)
-        existing = ctx.repo.claim_place(process.id, cycle, worker.id, now, _slots(ctx, config))
+        existing = ctx.repo.claim_place(process.id, cycle, worker.id, now, _places(ctx, config))
         if existing is None:
             return reject(RejectReason.CYCLE_FULL, cycle, config, now)
     scope = KeyScope(cycle.seq, existing.epoch)
@@ -106,12 +105,9 @@ def request_cycle(ctx: Context, request: api.CycleRequest) -> Offer | Rejection:
     return Offer(process=process, cycle=cycle, assignment=existing, request_key=key)
 
 
-def _slots(ctx: Context, config: ServerConfig) -> Callable[[set[int]], int | None] | None:
-    """How a capped cycle's places are chosen (None: the cycle is not capped)."""
-    cap = config.max_workers
-    if cap is None:
-        return None
-    return lambda taken: free_slot(taken, cap, ctx.rng)
+def _places(ctx: Context, config: ServerConfig) -> Places | None:
+    """The places of a capped cycle (None: the cycle is not capped)."""
+    return None if config.max_workers is None else Places(config.max_workers, ctx.rng)
 
 
 def _current_cycle(ctx: Context, process: Process) -> Cycle:
