@@ -20,14 +20,13 @@ page faults included, costs more than the aggregation: ~40 ms per 40 MB diff).
 *GB/s*: diff bytes aggregated (K x 4P) per second. *fg speed-up*: FireGrid's speed
 over the contender's (their seconds over FireGrid's). Memory comes from another
 run that reads each diff from its file as a closing reads it from storage (a fresh
-copy per read), so it counts the received diffs a contender keeps: *traced* is
-tracemalloc's peak, the figure the target is about: every byte the contender
-allocates (numpy arrays and Python objects) beyond what existed before it
-started, so the interpreter, the libraries and the benchmark's own data do not
-blur it, and it is the same from run to run. *RSS* is the OS's high-water mark
-over the resident size before the run (restarted through
-``/proc/self/clear_refs``), as a cross-check: it adds allocator slack and pages.
-*x model* divides the traced peak by the model's 4P bytes.
+copy per read), so it counts the received diffs a contender keeps. *traced* is
+tracemalloc's peak, not the peak RSS: it counts every byte the contender allocates
+(numpy arrays and Python objects) beyond what existed before it started, the same
+from run to run, where the RSS of one process that runs every contender in turn
+mostly shows what glibc kept from the previous one (freed heap memory stays
+resident, and its mmap threshold grows with the blocks freed). *x model* divides
+the traced peak by the model's 4P bytes.
 
 Every result must equal FireGrid's to float32 precision (the float64 loop: bit for
 bit), or the run stops. Targets, at the largest case: >= 0.9x the float64 loop's
@@ -151,14 +150,6 @@ def _flower_installed() -> bool:
     return True
 
 
-def _rss_kib(field: str) -> int | None:
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field))
-
-
 def _seconds(run: Callable[[], Average], repeat: int) -> tuple[Average, float]:
     """``run()``'s result and its best wall time in seconds over ``repeat`` runs."""
     best = float("inf")
@@ -170,24 +161,15 @@ def _seconds(run: Callable[[], Average], repeat: int) -> tuple[Average, float]:
     return result, best
 
 
-def _peaks(run: Callable[[], Average]) -> tuple[float, float | None]:
-    """MiB at ``run()``'s peak beyond what was there before: traced, and resident (the
-    high-water mark restarted through ``/proc/self/clear_refs``; None off Linux)."""
+def _traced_peak(run: Callable[[], Average]) -> float:
+    """MiB allocated at ``run()``'s peak beyond what was there before (tracemalloc)."""
     gc.collect()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _rss_kib("VmRSS:")
-    except OSError:
-        before = None
     tracemalloc.start()
     try:
         run()
-        traced = tracemalloc.get_traced_memory()[1] / 2**20
+        return tracemalloc.get_traced_memory()[1] / 2**20
     finally:
         tracemalloc.stop()
-    peak = _rss_kib("VmHWM:")
-    resident = None if before is None or peak is None else (peak - before) / 1024
-    return traced, resident
 
 
 def _difference(result: Average, reference: Average) -> float:
@@ -225,10 +207,9 @@ def _compare(stored: Case, repeat: int, contenders: list[str]) -> list[dict[str,
         )
     del held
     for row in rows:
-        traced, resident = _peaks(partial(CONTENDERS[row["contender"]], stored))
+        traced = _traced_peak(partial(CONTENDERS[row["contender"]], stored))
         row["traced_mib"] = round(traced, 1)
         row["x_model"] = round(traced * 2**20 / stored.model_bytes, 2)
-        row["rss_mib"] = None if resident is None else round(resident, 1)
     return rows
 
 
@@ -241,18 +222,13 @@ COLUMNS = {
     "speed_up": "{:>12.2f}",
     "traced_mib": "{:>11.1f}",
     "x_model": "{:>8.2f}",
-    "rss_mib": "{:>9}",
 }
-HEADINGS = ("params", "K", "contender", "seconds", "GB/s", "fg speed-up", "traced MiB", "x model",
-            "RSS MiB")  # fmt: skip
+HEADINGS = ("params", "K", "contender", "seconds", "GB/s", "fg speed-up", "traced MiB",
+            "x model")  # fmt: skip
 
 
 def _line(row: dict[str, Any]) -> str:
-    cells = []
-    for column, form in COLUMNS.items():
-        value = row[column]
-        cells.append(form.format("-" if value is None else value))
-    return "".join(cells)
+    return "".join(form.format(row[column]) for column, form in COLUMNS.items())
 
 
 def _verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -172,7 +172,8 @@ def _fold(total: Floats, values: npt.NDArray[np.generic], weight: float, scratch
     for run in _chunks(total.size):
         part = total[run]
         product = scratch[: part.size]
-        np.multiply(values[run], weight, out=product, dtype=np.float64)
+        np.copyto(product, values[run])  # a plain cast, faster than the ufunc's buffered one
+        np.multiply(product, weight, out=product)
         np.add(part, product, out=part)
 
 
