@@ -148,8 +148,9 @@ def view_state(data: bytes, what: str = "tensor file") -> dict[str, npt.NDArray[
     the header's end to the file's end. Offsets that are not a multiple of the itemsize
     (not written by safetensors, which pads its header) give unaligned views: slower,
     still correct."""
-    position = 8 + _header_length(data, len(data), what)
-    layout = read_layout(lambda start, stop: data[start : min(stop, position)], what)
+    header_end = 8 + _header_length(data, len(data), what)
+    layout = read_layout(lambda start, stop: data[start : min(stop, header_end)], what)
+    position = header_end
     for name, tensor in sorted(layout.items(), key=lambda item: item[1].begin):
         if tensor.begin != position:
             raise _invalid(what, f"tensor {name!r} does not start where the one before ends")
