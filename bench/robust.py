@@ -13,37 +13,18 @@ flat in K. Both run in the same process on the same diff files and must agree.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from bench.aggregation import measure
+from bench._common import RESULTS, DirectoryBlobs, measure, reported, write_results
 from firegrid.domain.aggregation import aggregate
 from firegrid.domain.diffs import schema_of
-from firegrid.domain.model import Assignment
 from firegrid.services.stored_diffs import StoredDiffs
 from firegrid.tensors import decode_state, encode_state
 
-RESULTS = Path(__file__).parent / "results"
 Delta = dict[str, np.ndarray]
-
-
-class DirectoryBlobs:
-    """The two reads StoredDiffs needs, over files (a bucket's ranged reads, locally)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def get(self, name: str, *, max_bytes: int | None = None) -> bytes:
-        return (self.directory / name).read_bytes()
-
-    def get_range(self, name: str, start: int, stop: int) -> bytes:
-        with (self.directory / name).open("rb") as file:
-            file.seek(start)
-            return file.read(max(0, stop - start))
 
 
 def _write_diffs(directory: Path, clients: int, params: int) -> dict[str, np.ndarray]:
@@ -70,13 +51,9 @@ def _whole_array(directory: Path, clients: int, model: dict, method: str, trim: 
 
 
 def _sliced(directory: Path, clients: int, model: dict, method: str, trim: float) -> Delta:
-    at = datetime.now(UTC)
-    reported = [
-        Assignment(worker_id=f"w{k}", seq=1, epoch=0, assigned_at=at, reported_at=at,
-                   diff_object=f"{k}.safetensors")
-        for k in range(clients)
-    ]  # fmt: skip
-    diffs = StoredDiffs(DirectoryBlobs(directory), schema_of(model), reported, [1.0] * clients, {})
+    names = [f"{k}.safetensors" for k in range(clients)]
+    blobs = DirectoryBlobs(directory)
+    diffs = StoredDiffs(blobs, schema_of(model), reported(names), [1.0] * clients, {})
     return aggregate(model, diffs, method=method, trim_fraction=trim)[1].delta
 
 
@@ -120,9 +97,7 @@ def main() -> None:
                 rows.append(_compare(Path(tmp), clients, model, method, args.trim))
                 print("".join(f"{rows[-1][c]:>13}" for c in COLUMNS))
     print("sliced and whole-array results agree (rtol 1e-12)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"params": args.params, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, {"params": args.params, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -89,6 +89,14 @@ class TensorLayout:
     def itemsize(self) -> int:
         return np.dtype(self.dtype).itemsize
 
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def end(self) -> int:
+        return self.begin + self.size * self.itemsize
+
 
 def read_layout(read: Callable[[int, int], bytes], what: str) -> dict[str, TensorLayout]:
     """Each tensor's dtype, shape and place from a file's header alone, read through
@@ -132,6 +140,29 @@ def decode_state(data: bytes, what: str = "tensor file") -> dict[str, npt.NDArra
                 "invalid_safetensors",
             )
     return state
+
+
+def view_state(data: bytes, what: str = "tensor file") -> dict[str, npt.NDArray[Any]]:
+    """``decode_state`` without a copy: read-only arrays over ``data`` itself (they keep
+    it alive). Checked as safetensors checks a file: the tensors lie back to back from
+    the header's end to the file's end. Offsets that are not a multiple of the itemsize
+    (not written by safetensors, which pads its header) give unaligned views: slower,
+    still correct."""
+    header_end = 8 + _header_length(data, len(data), what)
+    layout = read_layout(lambda start, stop: data[start : min(stop, header_end)], what)
+    position = header_end
+    for name, tensor in sorted(layout.items(), key=lambda item: item[1].begin):
+        if tensor.begin != position:
+            raise _invalid(what, f"tensor {name!r} does not start where the one before ends")
+        position = tensor.end
+    if position != len(data):
+        raise _invalid(what, "its tensors do not end where the file does")
+    return {
+        name: np.frombuffer(
+            data, dtype=np.dtype(t.dtype).newbyteorder("<"), count=t.size, offset=t.begin
+        ).reshape(t.shape)
+        for name, t in layout.items()
+    }
 
 
 def encode_state(state: Mapping[str, npt.NDArray[Any]]) -> bytes:

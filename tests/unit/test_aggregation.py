@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -117,7 +119,50 @@ def test_streaming_reads_one_diff_at_a_time() -> None:
             yield Contribution(diff=Tracked({"w": np.ones(4)}), weight=2)
 
     aggregate({"w": np.zeros(4)}, diffs())
-    assert peak <= 2
+    assert peak == 1  # the previous diff is dropped before the next one is read
+
+
+@pytest.mark.parametrize("method", ["fedavg", "mean"])
+def test_the_chunked_fold_is_numpys_float64_formula_bit_for_bit(monkeypatch, method) -> None:
+    """Chunk edges inside and across tensors; float16, float32, int and empty tensors."""
+    monkeypatch.setattr(aggregation, "FOLD_CHUNK", 7)
+    rng = np.random.default_rng(7)
+    model = {
+        "w": rng.normal(size=(3, 5)).astype(np.float32),
+        "h": rng.normal(size=16).astype(np.float16),
+        "n": rng.integers(-9, 9, size=(2, 2)).astype(np.int32),
+        "e": np.zeros((0, 3), np.float32),
+    }
+    diffs = [{k: (rng.normal(size=v.shape) * 9).astype(v.dtype) for k, v in model.items()}]
+    diffs += [{k: rng.normal(size=v.shape).astype(v.dtype) for k, v in model.items()}] * 3
+    weights = [float(n) for n in rng.integers(1, 1000, size=len(diffs))]
+
+    new, step = aggregate(
+        model,
+        [Contribution(diff=d, weight=n) for d, n in zip(diffs, weights, strict=True)],
+        method=method,
+        server_lr=0.3,
+    )
+
+    used = weights if method == "fedavg" else [1.0] * len(diffs)
+    for name, old in model.items():
+        total = np.zeros(old.shape)
+        for diff, weight in zip(diffs, used, strict=True):
+            total += weight * diff[name].astype(np.float64)
+        delta = total / sum(used)
+        assert np.array_equal(step.delta[name], delta)
+        assert np.array_equal(new[name], (old.astype(np.float64) - 0.3 * delta).astype(old.dtype))
+        assert new[name].dtype == old.dtype
+
+
+def test_a_step_beyond_the_dtype_makes_an_infinite_checkpoint_quietly(monkeypatch) -> None:
+    monkeypatch.setattr(aggregation, "FOLD_CHUNK", 2)
+    old = {"h": np.array([60000.0, 1.0, -60000.0], np.float16)}
+    diff = {"h": np.array([-60000.0, 0.5, 60000.0], np.float16)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new, _ = aggregate(old, [Contribution(diff=diff, weight=1)])
+    assert new["h"].tolist() == [np.inf, 0.5, -np.inf]
 
 
 def test_fedavg_weights_are_the_counts_without_a_cap() -> None:

@@ -4,7 +4,13 @@ import struct
 import numpy as np
 import pytest
 
-from firegrid.domain.diffs import InvalidDiff, max_file_bytes, schema_of, validate_diff
+from firegrid.domain.diffs import (
+    InvalidDiff,
+    check_finite,
+    max_file_bytes,
+    schema_of,
+    validate_diff,
+)
 from firegrid.domain.errors import BadRequest, Unauthorized
 from firegrid.domain.keys import (
     WORKER_ID,
@@ -15,7 +21,7 @@ from firegrid.domain.keys import (
     redact,
     verify_request_key,
 )
-from firegrid.tensors import decode_state, encode_state
+from firegrid.tensors import decode_state, encode_state, view_state
 
 
 def test_request_key_round_trip_and_tampering() -> None:
@@ -123,3 +129,54 @@ def test_max_file_bytes_bounds_every_file_of_the_schema() -> None:
     schema = schema_of(MODEL)
     assert len(encode_state(MODEL)) <= max_file_bytes(schema)
     assert max_file_bytes(schema) < len(encode_state(MODEL)) + 4096
+
+
+def test_views_decode_like_the_copying_decoder_without_a_copy() -> None:
+    state = {**MODEL, "mask": np.array([True, False]), "empty": np.zeros((0, 2), np.float64)}
+    data = encode_state(state)
+    views = view_state(data)
+    for name, tensor in decode_state(data).items():
+        view = views[name]
+        assert view.dtype == tensor.dtype and np.array_equal(view, tensor)
+        assert not view.flags.writeable
+        assert view.size == 0 or np.shares_memory(view, np.frombuffer(data, np.uint8))
+
+
+def _tensors_at(offsets: list[list[int]], payload: int) -> bytes:
+    header = {
+        f"t{i}": {"dtype": "F32", "shape": [(stop - start) // 4], "data_offsets": [start, stop]}
+        for i, (start, stop) in enumerate(offsets)
+    }
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * payload
+
+
+@pytest.mark.parametrize(
+    ("offsets", "payload"),
+    [
+        ([[0, 8], [12, 16]], 16),  # a gap
+        ([[0, 8], [4, 12]], 12),  # overlapping tensors
+        ([[0, 8]], 12),  # bytes after the last tensor
+        ([[0, 8], [8, 16]], 12),  # the file ends inside a tensor
+        ([[4, 8]], 8),  # bytes before the first tensor
+    ],
+)
+def test_views_refuse_what_the_copying_decoder_refuses(offsets, payload) -> None:
+    data = _tensors_at(offsets, payload)
+    for decode in (decode_state, view_state):
+        with pytest.raises(BadRequest, match="not a valid safetensors file"):
+            decode(data, "diff")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_value_that_is_not_finite_is_found_anywhere(dtype, bad) -> None:
+    values = np.ones(1001, dtype)
+    values[617] = bad
+    with pytest.raises(InvalidDiff, match="NaN or Inf"):
+        check_finite(values, "w")
+
+
+def test_finite_values_whose_sum_overflows_are_finite() -> None:
+    check_finite(np.full(8, np.finfo(np.float32).max, np.float32), "w")
+    check_finite(np.full(8, np.iinfo(np.int64).max, np.int64), "n")

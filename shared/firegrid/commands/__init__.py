@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "push": "firegrid.commands.push",
     "delete-process": "firegrid.commands.delete_process",
     "fuzz": "firegrid.commands.fuzz",
+    "bench": "firegrid.commands.bench",
 }
 """Verb -> module that registers it (``metrics`` registers ``plot`` too)."""
 

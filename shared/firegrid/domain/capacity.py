@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from firegrid.domain import limits
-from firegrid.domain.aggregation import SLICE_BUDGET_BYTES
+from firegrid.domain.aggregation import FOLD_CHUNK, SLICE_BUDGET_BYTES
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.diffs import Schema, max_file_bytes, payload_bytes
 from firegrid.domain.errors import BadRequest
@@ -42,12 +42,12 @@ def aggregation_bytes(schema: Schema, config: ServerConfig) -> int:
     held = (
         2 * model  # the checkpoint, as read and decoded
         + 8 * coordinates  # the float64 step
-        + 16 * largest  # one tensor's float64 temporaries while applying the step
+        + 8 * min(largest, FOLD_CHUNK)  # the scratch that folds a diff and applies the step
         + 2 * model  # the new checkpoint, decoded and encoded
         + reports * REPORT_BYTES
     )
     if config.aggregation.streams:
-        return held + 2 * max_file_bytes(schema) + 16 * largest  # one diff, read and decoded
+        return held + max_file_bytes(schema)  # one diff as received (its tensors are views)
     stack = max(SLICE_BUDGET_BYTES, 8 * reports)  # one coordinate at least
     return held + 2 * stack + reports * len(schema) * LAYOUT_BYTES
 

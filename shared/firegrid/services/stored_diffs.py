@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from firegrid.domain.aggregation import Contribution, Floats, Slice, UnusableDiff
+from firegrid.domain.aggregation import Contribution, Floats, Slice, Tensors, UnusableDiff
 from firegrid.domain.diffs import Schema, TensorSpec, check_finite, check_specs, validate_diff
 from firegrid.domain.errors import BadRequest, FireGridError, NotFound
 from firegrid.domain.keys import redact
 from firegrid.domain.model import Assignment
 from firegrid.ports import BlobStore
-from firegrid.tensors import TensorLayout, decode_state, read_layout
+from firegrid.tensors import TensorLayout, read_layout, view_state
 
 log = logging.getLogger(__name__)
 WHAT = "stored diff"
@@ -53,13 +53,20 @@ class StoredDiffs:
 
     def whole(self) -> Iterator[Contribution]:
         for assignment, weight in self._reported:
-            try:
-                data = self._blobs.get(_object_of(assignment))
-                diff = validate_diff(decode_state(data, WHAT), self._schema)
-            except FireGridError as unusable:
-                self.leave_out(assignment.worker_id, unusable)
-                continue
-            yield Contribution(diff=diff, weight=weight)
+            diff = self._whole(assignment)
+            if diff is not None:
+                yield Contribution(diff=diff, weight=weight)
+            del diff  # before the next diff is fetched: one diff in memory at a time
+
+    def _whole(self, assignment: Assignment) -> Tensors | None:
+        """The diff as numpy views over its bytes as received (no decoded copy); ``None``
+        if it is left out."""
+        try:
+            data = self._blobs.get(_object_of(assignment))
+            return validate_diff(view_state(data, WHAT), self._schema)
+        except FireGridError as unusable:
+            self.leave_out(assignment.worker_id, unusable)
+            return None
 
     def sliced(self) -> list[StoredDiffReader]:
         if self._readers is None:
