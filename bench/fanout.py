@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import requests
 
+from firegrid.domain.limits import MAX_FANOUT_THRESHOLD
 from firegrid.domain.model import Report, Worker
 from firegrid.local.stack import StackInfo, start_stack, stop_stack
 from firegrid.tensors import decode_state, encode_state
@@ -67,7 +68,8 @@ def _host(stack: StackInfo, name: str, diffs: int, threshold: int) -> str:
         headers={"Authorization": f"Bearer {stack.admin_token}"},
         timeout=120,
     )
-    response.raise_for_status()
+    if response.status_code != 201:
+        raise RuntimeError(f"hosting {name} failed: {response.status_code} {response.text}")
     return str(response.json()["process_id"])
 
 
@@ -139,9 +141,10 @@ def run(diffs: int, group: int) -> dict[str, Any]:
     }
     with TemporaryDirectory() as directory:
         stack = start_stack(Path(directory), tick_seconds=1, threads=32)
+        saved = dict(os.environ)
         os.environ.update(stack.client_env())  # the adapters here talk to its emulators
         try:
-            for mode, threshold in (("single", 100_000), ("fanout", group)):
+            for mode, threshold in (("single", MAX_FANOUT_THRESHOLD), ("fanout", group)):
                 process_id = _host(stack, mode, diffs, threshold)
                 started = time.monotonic()
                 _seed(stack, process_id, payloads)
@@ -164,6 +167,8 @@ def run(diffs: int, group: int) -> dict[str, Any]:
                 np.testing.assert_allclose(fanned[name], single[name], rtol=1e-6, atol=1e-7)
             print("fan-out checkpoint equals the single-pass one (float32 precision)")
         finally:
+            os.environ.clear()
+            os.environ.update(saved)
             stop_stack(Path(directory))
     results["ratio_fanout_to_single"] = (
         results["fanout"]["closing_s"] / results["single"]["closing_s"]
@@ -182,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "fanout.json")
     args = parser.parse_args(argv)
     diffs, group = (40, 10) if args.quick else (args.diffs, args.group)
+    if not 2 <= group < diffs <= MAX_FANOUT_THRESHOLD:
+        parser.error(f"need 2 <= --group < --diffs <= {MAX_FANOUT_THRESHOLD} (a single pass)")
     results = run(diffs, group)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
