@@ -8,12 +8,13 @@ on one cycle document, which every request writes. The emulator makes contended
 transactions wait ~2 s per conflict (production Firestore sustains about one
 write per second per document), so the baseline is bounded in count and time.
 
-    python bench/admission.py [--requests 200] [--max-workers 50] [--baseline-requests 16]
+    python -m bench.admission [--requests 200] [--max-workers 50] [--baseline-requests 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -113,7 +116,7 @@ def _transactional_counter(
     return _summary(results, time.perf_counter() - started)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -127,7 +130,8 @@ def main() -> None:
         help="concurrency of the baseline (64 starves it)",
     )
     parser.add_argument("--baseline-limit-s", type=float, default=300.0)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS / "admission.json")
+    args = parser.parse_args(argv)
 
     import os
 
@@ -152,8 +156,13 @@ def main() -> None:
             f"{label:28}{row['requests']:>9.0f}{row['accepted']:>9.0f}{row['seconds']:>9.2f}"
             f"{row['per_second']:>8.1f}{row['p50_ms']:>9.0f}{row['p95_ms']:>9.0f}"
         )
-    print(f"throughput ratio firegrid/baseline: {ours['per_second'] / base['per_second']:.1f}x")
+    ratio = ours["per_second"] / base["per_second"]
+    print(f"throughput ratio firegrid/baseline: {ratio:.1f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"firegrid": ours, "baseline": base, "ratio": ratio}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -19,6 +19,7 @@ from firegrid.commands._common import CommandError
 
 BENCHMARKS: dict[str, str] = {
     "aggregate": "bench.aggregation:main",
+    "admission": "bench.admission:main",
     "cycle": "bench.cycle:main",
     "fanout": "bench.fanout:main",
 }
