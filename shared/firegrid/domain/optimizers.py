@@ -89,6 +89,13 @@ class ServerOptimizer:
         """The wire form, which ``parse`` reads back."""
         return {"name": str(self.name), **self.params}
 
+    @property
+    def moments(self) -> int:
+        """Model-sized arrays the state holds: FedOpt's ``m`` and ``v``, FedAvgM's momentum."""
+        if self.name is Optimizer.FEDAVGM:
+            return 1 if self.params["server_momentum"] > 0 else 0
+        return 2
+
 
 def _parameter(fields: Fields, key: str, default: float) -> float:
     if key in _BETAS:

@@ -40,7 +40,7 @@ from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
 from firegrid.services.leases import Lease, LeaseLost
 from firegrid.services.stored_diffs import StoredDiffs
-from firegrid.tensors import decode_state, encode_state
+from firegrid.tensors import decode_state, encode_state, view_state
 from firegrid.transient import is_transient
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def _next_checkpoint(
         name = previous.summary.optimizer_state_object if previous and previous.summary else None
         if name is None:
             raise AggregationFailed(f"checkpoint {cycle.seq} has no server optimizer state")
-        before = optimizers.decode(decode_state(ctx.blobs.get(name), "optimizer state"))
+        before = optimizers.decode(view_state(ctx.blobs.get(name), "optimizer state"))
     updated, after = optimizers.step(checkpoint, step.delta, config.server_optimizer, before)
     return updated, optimizers.encode(after)
 
