@@ -13,9 +13,10 @@ from google.cloud import storage
 from firegrid.adapters.storage import GcsBlobStore
 from firegrid.domain import optimizers
 from firegrid.domain.aggregation import Contribution, combine
-from firegrid.domain.optimizers import OptimizerState, ServerOptimizer
+from firegrid.domain.optimizers import OptimizerState
 from firegrid.local.stack import StackInfo
 from firegrid.tensors import decode_state
+from tests.common import server_optimizer
 
 from .support import Api, cycle_seq, host_body, tiny_model, wait_for
 
@@ -42,7 +43,7 @@ def test_two_cycles_of_fedyogi_follow_the_domain_math(api: Api, stack_env: Stack
     api.host(num_cycles=2, max_diffs=2, server_optimizer=YOGI)
     rng = np.random.default_rng(5)
     expected, state = dict(tiny_model()[0]), OptimizerState()
-    optimizer = ServerOptimizer.parse(YOGI)
+    optimizer = server_optimizer(YOGI)
     for seq in (1, 2):
         diffs = [
             {k: (0.1 * rng.normal(size=v.shape)).astype(v.dtype) for k, v in expected.items()}

@@ -14,8 +14,9 @@ from firegrid.domain import optimizers
 from firegrid.domain.aggregation import Contribution, combine
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.errors import BadRequest
-from firegrid.domain.optimizers import OptimizerState, ServerOptimizer
+from firegrid.domain.optimizers import OptimizerState
 from firegrid.tensors import decode_state, encode_state
+from tests.common import server_optimizer
 
 SHAPES = {"w": (5, 4), "b": (4,)}
 ROUNDS = 5
@@ -58,7 +59,7 @@ def test_each_round_matches_flowers_strategy(
     flower = strategy_class(
         initial_parameters=ndarrays_to_parameters(list(initial.values())), **flower_params
     )
-    optimizer = ServerOptimizer.parse(config)
+    optimizer = server_optimizer(config)
     ours, flowers, state = dict(initial), list(initial.values()), OptimizerState()
     for server_round in range(1, ROUNDS + 1):
         updates = [
@@ -89,7 +90,7 @@ def test_each_round_matches_flowers_strategy(
 
 
 def test_no_momentum_keeps_no_state_but_the_step_count() -> None:
-    optimizer = ServerOptimizer.parse({"name": "fedavgm", "server_learning_rate": 0.5})
+    optimizer = server_optimizer({"name": "fedavgm", "server_learning_rate": 0.5})
     checkpoint = {"w": np.ones(3, dtype=np.float32)}
     new, state = optimizers.step(checkpoint, {"w": np.full(3, 2.0)}, optimizer, OptimizerState())
     np.testing.assert_array_equal(new["w"], np.zeros(3, dtype=np.float32))
@@ -97,13 +98,13 @@ def test_no_momentum_keeps_no_state_but_the_step_count() -> None:
 
 
 def test_flowers_defaults_fill_the_missing_parameters() -> None:
-    assert ServerOptimizer.parse({"name": "fedyogi"}).params == {
+    assert server_optimizer({"name": "fedyogi"}).params == {
         "eta": 1e-2,
         "beta_1": 0.9,
         "beta_2": 0.99,
         "tau": 1e-3,
     }
-    assert ServerOptimizer.parse({"name": "fedavgm"}).params == {
+    assert server_optimizer({"name": "fedavgm"}).params == {
         "server_learning_rate": 1.0,
         "server_momentum": 0.0,
     }
@@ -117,6 +118,7 @@ BASE = {"cycle_length": 60, "num_cycles": 5, "max_diffs": 2}
     [
         ("fedadam", "'server_optimizer' must be a JSON object"),
         ({}, "'server_optimizer.name' is required: one of fedavgm, fedadam"),
+        ({"name": None}, "'server_optimizer.name' is required"),
         ({"name": "adam"}, "'server_optimizer.name' must be one of fedavgm"),
         ({"name": "fedadam", "eta": 0}, "'server_optimizer.eta' must be > 0"),
         ({"name": "fedadam", "eta": -1}, "'server_optimizer.eta' must not be negative"),

@@ -10,11 +10,11 @@ import numpy as np
 
 from firegrid.domain import optimizers
 from firegrid.domain.aggregation import Contribution, combine
-from firegrid.domain.optimizers import OptimizerState, ServerOptimizer
+from firegrid.domain.optimizers import OptimizerState
 from firegrid.services import cycles
 from firegrid.services.context import Context
 from firegrid.tensors import decode_state, encode_state
-from tests.common import State
+from tests.common import State, server_optimizer
 from tests.unit.test_services import checkpoint, host, join, on_report, send_report
 
 Tiny = tuple[State, bytes]
@@ -41,7 +41,7 @@ def _expected(before: State, diffs: list[State], state: OptimizerState) -> tuple
         Contribution(diff=d, weight=float(n)) for d, n in zip(diffs, SAMPLES, strict=True)
     ]
     step = combine(before, contributions)
-    optimizer = ServerOptimizer.parse(ADAM)
+    optimizer = server_optimizer(ADAM)
     after, new_state = optimizers.step(before, step.delta, optimizer, state)
     return after, optimizers.decode(decode_state(encode_state(optimizers.encode(new_state))))
 

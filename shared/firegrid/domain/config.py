@@ -24,6 +24,8 @@ OPTIMIZERS = ("sgd", "adam")
 # Keys PyGrid configs carry that FireGrid accepts and ignores.
 _LEGACY_SERVER_KEYS = frozenset({"iterative_plan"})
 INVALID_CONFIG = "invalid_config"
+_NESTED = ("authentication", "server_optimizer")
+"""Objects inside ``server_config``, whose keys messages name with the object's."""
 
 
 def _bad(message: str) -> BadRequest:
@@ -34,7 +36,7 @@ def _config_fields(raw: object, name: str) -> Fields:
     return Fields(
         raw,
         what=f"'{name}'",
-        prefix=f"{name}." if name == "authentication" else "",
+        prefix=f"{name}." if name in _NESTED else "",
         invalid=INVALID_CONFIG,
         missing=INVALID_CONFIG,
     )
@@ -251,7 +253,7 @@ class ServerConfig:
         values["authentication"] = AuthConfig(**values.get("authentication") or {})
         values["aggregation"] = Aggregation(values.get("aggregation", Aggregation.FEDAVG))
         if values.get("server_optimizer") is not None:
-            values["server_optimizer"] = ServerOptimizer.parse(values["server_optimizer"])
+            values["server_optimizer"] = _optimizer(values["server_optimizer"])
         return cls(**values)
 
 
@@ -265,7 +267,11 @@ def _server_optimizer(fields: Fields) -> ServerOptimizer | None:
             "'server_lr' does not apply with 'server_optimizer': set the optimizer's own "
             "rate ('eta' or 'server_learning_rate')"
         )
-    return ServerOptimizer.parse(raw)
+    return _optimizer(raw)
+
+
+def _optimizer(raw: object) -> ServerOptimizer:
+    return ServerOptimizer.parse(_config_fields(raw, "server_optimizer"))
 
 
 def _below_half(fields: Fields, key: str, default: float) -> float:

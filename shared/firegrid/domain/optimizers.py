@@ -25,10 +25,7 @@ from typing import Any
 import numpy as np
 
 from firegrid.domain.aggregation import Floats, StateDict, Tensors
-from firegrid.domain.errors import BadRequest
 from firegrid.domain.fields import Fields
-
-INVALID_CONFIG = "invalid_config"
 
 
 class Optimizer(StrEnum):
@@ -64,19 +61,10 @@ class ServerOptimizer:
     """Every parameter of ``name``: the ones given, Flower's defaults for the rest."""
 
     @classmethod
-    def parse(cls, raw: object) -> ServerOptimizer:
-        fields = Fields(
-            raw,
-            what="'server_optimizer'",
-            prefix="server_optimizer.",
-            invalid=INVALID_CONFIG,
-            missing=INVALID_CONFIG,
-        )
-        if "name" not in fields.raw:
-            raise BadRequest(
-                f"'server_optimizer.name' is required: one of {', '.join(Optimizer)}",
-                INVALID_CONFIG,
-            )
+    def parse(cls, fields: Fields) -> ServerOptimizer:
+        """From the ``server_optimizer`` object: 400s name the key and say what is wrong."""
+        if fields.raw.get("name") is None:
+            raise fields.bad("name", f"is required: one of {', '.join(Optimizer)}")
         name = Optimizer(fields.choice("name", Optimizer, Optimizer.FEDADAM))
         if "eta_l" in fields.raw:
             raise fields.bad("eta_l", "is the devices' learning rate: set 'client_config.lr'")
