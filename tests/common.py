@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import functools
+from typing import Any
 
 import numpy as np
 
 from firegrid.domain import blobs
+from firegrid.domain.config import ServerConfig
+from firegrid.domain.optimizers import ServerOptimizer
 from firegrid.services.context import Context
 
 State = dict[str, np.ndarray]
@@ -103,3 +106,11 @@ def checkpoint_writes(ctx: Context, process_id: str, number: int) -> list[str]:
 def checkpoint_prefix(process_id: str, number: int) -> str:
     """What the name of every aggregation attempt's checkpoint ``number`` starts with."""
     return blobs.checkpoint_object(process_id, number).removesuffix(".safetensors") + "-"
+
+
+def server_optimizer(raw: dict[str, Any]) -> ServerOptimizer:
+    """``raw`` parsed as the ``server_optimizer`` of a valid server_config."""
+    base = {"cycle_length": 60, "num_cycles": 1, "server_optimizer": raw}
+    optimizer = ServerConfig.parse(base).server_optimizer
+    assert optimizer is not None
+    return optimizer

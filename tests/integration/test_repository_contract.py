@@ -347,7 +347,12 @@ def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository
     hosted(repo)
     leased(repo, "h")
     summary = CycleSummary(
-        num_diffs=2, total_samples=2**70, checkpoint_out=2, closed_at=T0, checkpoint_object="c2"
+        num_diffs=2,
+        total_samples=2**70,
+        checkpoint_out=2,
+        closed_at=T0,
+        checkpoint_object="c2",
+        optimizer_state_object="o2",
     )
 
     def progressed(p: Process) -> Process | None:
@@ -364,7 +369,7 @@ def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository
 
     assert overtaken is None and done is not None and again is None
     assert repo.get_cycle("p1", 1).status is CycleStatus.COMPLETED
-    assert repo.get_cycle("p1", 1).summary == summary  # beyond int64, kept
+    assert repo.get_cycle("p1", 1).summary == summary  # beyond int64, kept; the object names too
     assert repo.get_cycle("p1", 2) == cycle(seq=2)
     stored = repo.get_process("p1")
     assert (stored.current_cycle, stored.latest_checkpoint) == (2, 2)

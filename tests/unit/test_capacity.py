@@ -80,3 +80,18 @@ def test_hosting_answers_a_configuration_that_cannot_fit_with_a_400(ctx, tiny) -
         call(hosting.host_training, ctx, body)
     assert (status_of(refused.value), refused.value.code) == (400, "aggregation_too_large")
     assert ctx.repo.get_process(hosting.process_id_for("mnist", "1.0")) is None
+
+
+def test_a_server_optimizers_state_counts_in_the_estimate() -> None:
+    """60M parameters fit 4 GiB with plain FedAvg or momentum-free FedAvgM; FedAdam's two
+    moments (read, decoded, updated and written: 28 bytes a coordinate each) do not."""
+    schema = _schema(60_000_000, tensors=10)
+    plain = _config("fedavg", max_workers=10)
+    no_state = _config("fedavg", max_workers=10, server_optimizer={"name": "fedavgm"})
+    adam = _config("fedavg", max_workers=10, server_optimizer={"name": "fedadam"})
+    assert aggregation_bytes(schema, no_state) == aggregation_bytes(schema, plain) + 8 * 6 * 6e6
+    assert aggregation_bytes(schema, adam) - aggregation_bytes(schema, no_state) == 56 * 60e6
+    check_aggregation_fits(schema, no_state, 4 * GIB)
+    with pytest.raises(BadRequest, match="'fedavg' and 'fedadam'") as refused:
+        check_aggregation_fits(schema, adam, 4 * GIB)
+    assert refused.value.code == "aggregation_too_large"

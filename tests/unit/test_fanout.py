@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from firegrid.domain import optimizers
 from firegrid.domain.aggregation import Contribution, HeldDiffs, fedavg
 from firegrid.domain.aggregation import Options as RuleOptions
 from firegrid.domain.cycle import CycleStatus
 from firegrid.domain.fanout import Group, GroupStatus, combine, partition
+from firegrid.domain.optimizers import OptimizerState
 from firegrid.services import cycles, fanout
 from firegrid.services.context import Context
-from tests.common import State
+from tests.common import State, server_optimizer
 from tests.unit.test_faults import diff_object
 from tests.unit.test_services import checkpoint, host, join, send_report
 
@@ -119,6 +121,21 @@ def test_a_big_closing_fans_out_and_combines_to_the_single_pass_result(ctx, tiny
     assert closed.status is CycleStatus.COMPLETED
     assert (closed.summary.num_diffs, closed.summary.total_samples) == (7, 28)
     assert_state_close(checkpoint(ctx, process_id, 2), expected_checkpoint(tiny, 7))
+
+
+def test_a_fanned_out_closing_feeds_the_server_optimizer_the_combined_step(ctx, tiny) -> None:
+    adagrad = {"name": "fedadagrad", "eta": 0.2}
+    process_id, _ = reported(ctx, tiny, 5, fanout_threshold=2, server_optimizer=adagrad)
+    assert not cycles.close_cycle(ctx, process_id, 1)
+    for group in ctx.repo.groups(process_id, 1):
+        assert fanout.aggregate_group(ctx, process_id, 1, group.index)
+    assert cycles.close_cycle(ctx, process_id, 1)
+
+    fedavg_step = expected_checkpoint(tiny, 5)
+    delta = {k: v.astype(np.float64) - fedavg_step[k] for k, v in tiny[0].items()}
+    expected, _ = optimizers.step(tiny[0], delta, server_optimizer(adagrad), OptimizerState())
+    assert_state_close(checkpoint(ctx, process_id, 2), expected)
+    assert ctx.repo.get_cycle(process_id, 1).summary.optimizer_state_object is not None
 
 
 def test_groups_nobody_took_up_are_aggregated_by_the_tick(ctx, tiny) -> None:

@@ -8,6 +8,9 @@ from types import ModuleType
 
 import yaml
 
+from firegrid.domain.config import ServerConfig
+from firegrid.domain.optimizers import PARAMETERS
+
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "docs" / "openapi.yaml"
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -59,3 +62,16 @@ def test_the_admin_api_is_described_as_guarded() -> None:
         assert bool(operation.get("security")) == guarded, (method, path)
         if guarded:
             assert "401" in operation["responses"], (method, path)
+
+
+def test_the_server_config_schema_names_every_key_and_each_optimizers_parameters() -> None:
+    schemas = yaml.safe_load(SPEC.read_text())["components"]["schemas"]
+    keys = set(schemas["ServerConfig"]["properties"])
+    assert keys == set(ServerConfig.__dataclass_fields__) | {"iterative_plan"}
+    described = {
+        variant["properties"]["name"]["const"]: {
+            key: spec["default"] for key, spec in variant["properties"].items() if key != "name"
+        }
+        for variant in schemas["ServerOptimizer"]["oneOf"]
+    }
+    assert described == {str(name): dict(params) for name, params in PARAMETERS.items()}

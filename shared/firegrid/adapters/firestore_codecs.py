@@ -145,6 +145,7 @@ def cycle_doc(cycle: Cycle) -> Document:
         "checkpoint_out": summary.checkpoint_out if summary else None,
         "closed_at": summary.closed_at if summary else None,
         "checkpoint_object": summary.checkpoint_object if summary else None,
+        "optimizer_state_object": summary.optimizer_state_object if summary else None,
     }
 
 
@@ -157,6 +158,7 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
             checkpoint_out=data["checkpoint_out"],
             closed_at=data["closed_at"],
             checkpoint_object=data.get("checkpoint_object"),
+            optimizer_state_object=data.get("optimizer_state_object"),
         )
     return Cycle(
         process_id=process_id,

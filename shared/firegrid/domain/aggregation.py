@@ -375,9 +375,20 @@ def aggregate(
 ) -> tuple[StateDict, Step]:
     """The next checkpoint and the step that made it; ``diffs`` may be contributions
     held in memory."""
-    sources = diffs if isinstance(diffs, DiffSources) else HeldDiffs(checkpoint, diffs)
-    step = RULES[Aggregation(method)](checkpoint, sources, Options(trim_fraction=trim_fraction))
+    step = combine(checkpoint, diffs, method=method, trim_fraction=trim_fraction)
     return apply_step(checkpoint, step, server_lr), step
+
+
+def combine(
+    checkpoint: Tensors,
+    diffs: DiffSources | Iterable[Contribution],
+    *,
+    method: Aggregation = Aggregation.FEDAVG,
+    trim_fraction: float = 0.1,
+) -> Step:
+    """The step ``method`` makes of the diffs, for ``apply_step`` or a server optimizer."""
+    sources = diffs if isinstance(diffs, DiffSources) else HeldDiffs(checkpoint, diffs)
+    return RULES[Aggregation(method)](checkpoint, sources, Options(trim_fraction=trim_fraction))
 
 
 def fedavg_weights(counts: Sequence[int], max_fraction: float | None = None) -> list[float]:

@@ -19,6 +19,12 @@ def checkpoint_object(process_id: str, number: int, attempt: str | None = None) 
     return f"processes/{process_id}/checkpoints/{number}{suffix}.safetensors"
 
 
+def optimizer_state_object(process_id: str, number: int, attempt: str) -> str:
+    """The server optimizer's state after the closing that wrote checkpoint ``number``,
+    named by the same attempt: only the published checkpoint's state is ever read."""
+    return f"processes/{process_id}/optimizer/{number}-{attempt}.safetensors"
+
+
 def plan_object(process_id: str, plan_name: str) -> str:
     return f"processes/{process_id}/plans/{plan_name}.pt2"
 

@@ -45,11 +45,28 @@ def aggregation_bytes(schema: Schema, config: ServerConfig) -> int:
         + 8 * min(largest, FOLD_CHUNK)  # the scratch that folds a diff and applies the step
         + 2 * model  # the new checkpoint, decoded and encoded
         + reports * REPORT_BYTES
+        + _optimizer_bytes(config, coordinates, largest)
     )
     if config.aggregation.streams:
         return held + max_file_bytes(schema)  # one diff as received (its tensors are views)
     stack = max(SLICE_BUDGET_BYTES, 8 * reports)  # one coordinate at least
     return held + 2 * stack + reports * len(schema) * LAYOUT_BYTES
+
+
+MOMENT_BYTES = 4 + 8 + 8 + 4 + 4
+"""Per coordinate and moment of a server optimizer's state: the stored float32 as read
+(viewed, not copied), decoded to float64, the new float64 one, it cast to float32 and
+encoded."""
+STEP_TEMPORARIES = 6
+"""Float64 arrays of one tensor's size an optimizer step makes (the pseudo-gradient, its
+square, the direction, ...), one tensor at a time."""
+
+
+def _optimizer_bytes(config: ServerConfig, coordinates: int, largest: int) -> int:
+    optimizer = config.server_optimizer
+    if optimizer is None:
+        return 0
+    return MOMENT_BYTES * optimizer.moments * coordinates + 8 * STEP_TEMPORARIES * largest
 
 
 def check_aggregation_fits(schema: Schema, config: ServerConfig, memory_bytes: int) -> None:
@@ -59,8 +76,10 @@ def check_aggregation_fits(schema: Schema, config: ServerConfig, memory_bytes: i
     usable = int(USABLE_FRACTION * memory_bytes)
     if needed <= usable:
         return
+    optimizer = config.server_optimizer
+    method = f"'{config.aggregation}'" + (f" and '{optimizer.name}'" if optimizer else "")
     raise BadRequest(
-        f"closing a cycle of this model with '{config.aggregation}' and up to "
+        f"closing a cycle of this model with {method} and up to "
         f"{worst_case_reports(config)} reports needs about {needed / 2**20:,.0f} MiB, more than "
         f"the {usable / 2**20:,.0f} MiB the aggregating function may use "
         f"({memory_bytes / 2**30:g} GiB): host a smaller model, lower 'max_workers' "

@@ -15,6 +15,7 @@ from firegrid.domain import limits
 from firegrid.domain.aggregation import Aggregation
 from firegrid.domain.errors import BadRequest
 from firegrid.domain.fields import Fields, check_storable
+from firegrid.domain.optimizers import ServerOptimizer
 
 POOL_SELECTIONS = ("random", "iterate")
 EXPIRY_ACTIONS = ("reset", "extend")
@@ -23,6 +24,8 @@ OPTIMIZERS = ("sgd", "adam")
 # Keys PyGrid configs carry that FireGrid accepts and ignores.
 _LEGACY_SERVER_KEYS = frozenset({"iterative_plan"})
 INVALID_CONFIG = "invalid_config"
+_NESTED = ("authentication", "server_optimizer")
+"""Objects inside ``server_config``, whose keys messages name with the object's."""
 
 
 def _bad(message: str) -> BadRequest:
@@ -33,7 +36,7 @@ def _config_fields(raw: object, name: str) -> Fields:
     return Fields(
         raw,
         what=f"'{name}'",
-        prefix=f"{name}." if name == "authentication" else "",
+        prefix=f"{name}." if name in _NESTED else "",
         invalid=INVALID_CONFIG,
         missing=INVALID_CONFIG,
     )
@@ -140,6 +143,9 @@ class ServerConfig:
     """Fraction cut from each end by ``trimmed_mean``."""
     server_lr: float = 1.0
     """Step applied to the averaged diff."""
+    server_optimizer: ServerOptimizer | None = None
+    """An adaptive server optimizer applied to the aggregated diff instead of ``server_lr``
+    (None: ``new = old - server_lr * delta``)."""
     max_diff_norm: float | None = None
     """Reject (or clip, with ``clip_diffs``) diffs with a larger L2 norm."""
     clip_diffs: bool = False
@@ -217,6 +223,7 @@ class ServerConfig:
             )
             or DEFAULT_FANOUT_THRESHOLD,
             authentication=AuthConfig.parse(fields.raw.get("authentication")),
+            server_optimizer=_server_optimizer(fields),
         )
         config._check_consistency()
         return config
@@ -234,7 +241,10 @@ class ServerConfig:
             raise _bad("'max_weight_fraction' applies to 'fedavg' only")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if self.server_optimizer is not None:
+            values["server_optimizer"] = self.server_optimizer.to_dict()
+        return values
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ServerConfig:
@@ -242,7 +252,26 @@ class ServerConfig:
         values = dict(raw)
         values["authentication"] = AuthConfig(**values.get("authentication") or {})
         values["aggregation"] = Aggregation(values.get("aggregation", Aggregation.FEDAVG))
+        if values.get("server_optimizer") is not None:
+            values["server_optimizer"] = _optimizer(values["server_optimizer"])
         return cls(**values)
+
+
+def _server_optimizer(fields: Fields) -> ServerOptimizer | None:
+    """The optimizer replaces ``server_lr`` (its own rates step the model): not both."""
+    raw = fields.raw.get("server_optimizer")
+    if raw is None:
+        return None
+    if fields.present("server_lr"):
+        raise _bad(
+            "'server_lr' does not apply with 'server_optimizer': set the optimizer's own "
+            "rate ('eta' or 'server_learning_rate')"
+        )
+    return _optimizer(raw)
+
+
+def _optimizer(raw: object) -> ServerOptimizer:
+    return ServerOptimizer.parse(_config_fields(raw, "server_optimizer"))
 
 
 def _below_half(fields: Fields, key: str, default: float) -> float:

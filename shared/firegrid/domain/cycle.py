@@ -224,6 +224,9 @@ class CycleSummary:
     checkpoint_object: str | None = None
     """Where checkpoint ``checkpoint_out`` is stored (None: its plain name, in summaries
     stored before checkpoints were named by their attempt)."""
+    optimizer_state_object: str | None = None
+    """Where the server optimizer's state after this closing is stored (None: no
+    ``server_optimizer``)."""
 
 
 def _merged(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:

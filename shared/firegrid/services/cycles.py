@@ -12,11 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from firegrid.domain import blobs
+from firegrid.domain import blobs, optimizers
 from firegrid.domain.aggregation import (
     AggregationFailed,
-    aggregate,
+    StateDict,
+    Step,
+    Tensors,
     apply_step,
+    combine,
     fedavg_weights,
 )
 from firegrid.domain.cycle import (
@@ -37,7 +40,7 @@ from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
 from firegrid.services.leases import Lease, LeaseLost
 from firegrid.services.stored_diffs import StoredDiffs
-from firegrid.tensors import decode_state, encode_state
+from firegrid.tensors import decode_state, encode_state, view_state
 from firegrid.transient import is_transient
 
 log = logging.getLogger(__name__)
@@ -121,32 +124,32 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
             if step is None:  # groups still at work: each one done calls the closing again
                 lease.update(lambda c: c.release_lease(lease.holder))
                 return False
-            updated = apply_step(checkpoint, step, config.server_lr)
         else:
             diffs = StoredDiffs(ctx.blobs, process.schema, reported, weights, skipped)
-            updated, step = aggregate(
-                checkpoint,
-                diffs,
-                method=config.aggregation,
-                server_lr=config.server_lr,
-                trim_fraction=config.trim_fraction,
+            step = combine(
+                checkpoint, diffs, method=config.aggregation, trim_fraction=config.trim_fraction
             )
         usable = step.num_diffs
     except AggregationFailed:
         if not skipped:
             raise
-        updated, usable = {}, 0  # every diff was unusable
+        step, usable = None, 0  # every diff was unusable
     lease.check()
     for worker_id, reason in skipped.items():
         ctx.repo.update_assignment(process.id, seq, worker_id, _skip(reason))
     reasons = dict(Counter(skipped.values()))
-    if not has_enough(usable, config):
+    if step is None or not has_enough(usable, config):
         _reopen(ctx, process, seq, lease, reasons)
         return False
+    updated, optimizer_state = _next_checkpoint(ctx, process, cycle, checkpoint, step)
     _check_finite(updated)
     lease.check()
     published = blobs.checkpoint_object(process.id, seq + 1, lease.holder)
     ctx.blobs.put(published, encode_state(updated))
+    state_object = None
+    if optimizer_state is not None:
+        state_object = blobs.optimizer_state_object(process.id, seq + 1, lease.holder)
+        ctx.blobs.put(state_object, encode_state(optimizer_state))
     total_samples = sum(a.num_samples or 0 for a in reported if a.worker_id not in skipped)
     summary = CycleSummary(
         num_diffs=usable,
@@ -154,6 +157,7 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         checkpoint_out=seq + 1,
         closed_at=ctx.clock.now(),
         checkpoint_object=published,
+        optimizer_state_object=state_object,
     )
     next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx, published)
     next_seq = next_cycle.seq if next_cycle else None
@@ -165,7 +169,9 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         lambda stored: stored.after_cycle(seq + 1, next_seq),
     )
     if completed is None:  # overtaken since the last check, or the process is being deleted
-        ctx.blobs.delete(published)
+        for written in (published, state_object):
+            if written is not None:
+                ctx.blobs.delete(written)
         raise LeaseLost
     _notify(pool.after_cycle_completed, ctx, process.id, seq)
     log.info(
@@ -173,6 +179,26 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         *(process.id, seq, usable, total_samples, len(skipped)),
     )
     return True
+
+
+def _next_checkpoint(
+    ctx: Context, process: Process, cycle: Cycle, checkpoint: Tensors, step: Step
+) -> tuple[StateDict, StateDict | None]:
+    """The checkpoint the step makes, and the server optimizer's state to store with it
+    (None without one). The state read is the one stored with the checkpoint this cycle
+    trained from, so a closing done again starts from the same state: it counts once."""
+    config = process.server_config
+    if config.server_optimizer is None:
+        return apply_step(checkpoint, step, config.server_lr), None
+    before = optimizers.OptimizerState()
+    if cycle.seq > 1:
+        previous = ctx.repo.get_cycle(process.id, cycle.seq - 1)
+        name = previous.summary.optimizer_state_object if previous and previous.summary else None
+        if name is None:
+            raise AggregationFailed(f"checkpoint {cycle.seq} has no server optimizer state")
+        before = optimizers.decode(view_state(ctx.blobs.get(name), "optimizer state"))
+    updated, after = optimizers.step(checkpoint, step.delta, config.server_optimizer, before)
+    return updated, optimizers.encode(after)
 
 
 def _skip(reason: str) -> Callable[[Assignment], Assignment | None]:
