@@ -1,5 +1,7 @@
 """What FireGrid deploys: every function, its entry point, its trigger and every fact
-the deployment needs (who may call it, memory, timeout, retry, instances).
+the deployment needs (who may call it, memory, timeout, retry, instances), and every
+other resource (APIs, service accounts and their roles, the bucket and its lifecycle,
+Firestore rules and indexes, the Scheduler job).
 
 One table, read by the local emulator stack (to serve and route) and by
 ``firegrid.deploy`` (to deploy, reading nothing else), so the two cannot drift apart.
@@ -8,6 +10,13 @@ One table, read by the local emulator stack (to serve and route) and by
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from firegrid.domain.blobs import SCRATCH_SUFFIX
+
+FUNCTIONS_ACCOUNT = "firegrid-functions"
+"""Runs every function and delivers their Firestore events (Eventarc's trigger account)."""
+SCHEDULER_ACCOUNT = "firegrid-scheduler"
+"""Signs the Scheduler's OIDC token; may invoke ``tick`` and nothing else."""
 
 FIRESTORE_WRITTEN = "google.cloud.firestore.document.v1.written"
 
@@ -47,6 +56,11 @@ class FunctionSpec:
     """Requests one instance serves at once (gen2; more needs more than one vCPU)."""
     aggregates: bool = False
     """Closes cycles, so its ``memory`` bounds what a process may host (hosting checks)."""
+    service_account: str = FUNCTIONS_ACCOUNT
+    """Account id (``ServiceAccount.name``) the function runs as."""
+    invokers: tuple[str, ...] = ()
+    """Account ids granted the invoker role on a private function, besides its own
+    account for a Firestore-triggered one (Eventarc calls it as that account)."""
     extras: tuple[str, ...] = ()
     """Optional dependency sets of pyproject.toml it installs besides the core ones:
     ``hosting`` (torch, to validate plans) for the one function that hosts; the others
@@ -62,7 +76,14 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec(
         name="admin", target="admin", signature="http", memory="4GiB", extras=("hosting",)
     ),
-    FunctionSpec(name="tick", target="tick", signature="http", memory="4GiB", aggregates=True),
+    FunctionSpec(
+        name="tick",
+        target="tick",
+        signature="http",
+        memory="4GiB",
+        aggregates=True,
+        invokers=(SCHEDULER_ACCOUNT,),
+    ),
     FunctionSpec(
         name="on-assignment-written",
         target="on_assignment_written",
@@ -105,6 +126,93 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         aggregates=True,
     ),
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceAccount:
+    name: str
+    """Account id: the email is ``{name}@{project}.iam.gserviceaccount.com``."""
+    description: str
+    project_roles: tuple[str, ...] = ()
+    """Roles on the project (only those no narrower resource can hold)."""
+    bucket_roles: tuple[str, ...] = ()
+    """Roles on FireGrid's bucket only."""
+    self_roles: tuple[str, ...] = ()
+    """Roles on the account itself (signing URLs with its own key)."""
+
+
+SERVICE_ACCOUNTS: tuple[ServiceAccount, ...] = (
+    ServiceAccount(
+        name=FUNCTIONS_ACCOUNT,
+        description="FireGrid functions",
+        project_roles=(
+            "roles/datastore.user",  # Firestore reads and writes
+            "roles/firebasecloudmessaging.admin",  # push notifications to devices
+            "roles/eventarc.eventReceiver",  # receives its Firestore triggers' events
+        ),
+        bucket_roles=("roles/storage.objectAdmin",),
+        self_roles=("roles/iam.serviceAccountTokenCreator",),  # v4 signed URLs (signBlob)
+    ),
+    # Its only right, invoking tick, is granted on the function (FunctionSpec.invokers).
+    ServiceAccount(name=SCHEDULER_ACCOUNT, description="FireGrid scheduler"),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bucket:
+    suffix: str
+    """The default bucket is ``{project}{suffix}``."""
+    scratch_suffix: str
+    """Objects whose name ends so are deleted ``scratch_days`` after their creation."""
+    scratch_days: int
+
+
+BUCKET = Bucket(suffix="-firegrid", scratch_suffix=SCRATCH_SUFFIX, scratch_days=7)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerJob:
+    name: str
+    target: str
+    """Name of the (private, HTTP) function it calls."""
+    schedule: str
+    """Unix cron, in UTC."""
+    service_account: str
+    """Account id whose OIDC token it sends (an invoker of ``target``)."""
+
+
+TICK_JOB = SchedulerJob(
+    name="firegrid-tick", target="tick", schedule="* * * * *", service_account=SCHEDULER_ACCOUNT
+)
+
+FIRESTORE_RULES = "infra/firestore.rules"
+FIRESTORE_INDEXES = "infra/firestore.indexes.json"
+FIREBASE_CONFIG = "infra/firebase.json"
+"""Points firebase-tools at the two files above (it deploys both)."""
+
+APIS: tuple[str, ...] = (
+    "cloudfunctions.googleapis.com",
+    "run.googleapis.com",  # gen2 functions run on Cloud Run
+    "cloudbuild.googleapis.com",  # builds each function's source
+    "artifactregistry.googleapis.com",  # holds the built images
+    "eventarc.googleapis.com",  # Firestore triggers
+    "pubsub.googleapis.com",  # Eventarc's transport
+    "firestore.googleapis.com",
+    "firebaserules.googleapis.com",  # deploying infra/firestore.rules
+    "storage.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "fcm.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com",  # signBlob for v4 signed URLs
+)
+
+
+def invokers(spec: FunctionSpec) -> tuple[str, ...]:
+    """Account ids that may invoke ``spec``: none for a public function (anyone may)."""
+    if spec.public:
+        return ()
+    own = (spec.service_account,) if spec.trigger is not None else ()
+    return own + spec.invokers
 
 
 def trigger_pattern(target: str) -> str:

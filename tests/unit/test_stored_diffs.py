@@ -147,8 +147,10 @@ def _closing_peak(count: int, params: int) -> int:
 def test_a_streaming_closing_holds_the_sum_and_one_diff_whatever_k() -> None:
     """The float64 sum (2x the float32 model) and one received diff (1x), without
     decoded copies or temporaries (they made it 7x), the same for 2 or 6 diffs."""
-    params = 2**20
+    params = 2**21
     model_bytes = 4 * params
     few, many = _closing_peak(2, params), _closing_peak(6, params)
     assert many < 3.1 * model_bytes
-    assert abs(many - few) < 0.02 * model_bytes
+    # Flat in K: holding one more diff would add 1x. tracemalloc also sees what other
+    # threads of the test process allocate meanwhile (a few hundred KiB), hence 0.25x.
+    assert abs(many - few) < 0.25 * model_bytes

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from firegrid.domain.keys import pseudonym
 
+SCRATCH_SUFFIX = ".scratch"
+"""Ends the name of every object that is garbage a few days after it is written (device
+uploads, hosting uploads, fan-out partials), so a bucket lifecycle rule can delete the
+ones a crash left behind (``manifest.BUCKET``). Diffs do not carry it: they live as long
+as their cycle, which may last a year."""
+
 
 def process_prefix(process_id: str) -> str:
     return f"processes/{process_id}/"
@@ -37,7 +43,8 @@ def diff_object(process_id: str, seq: int, worker_id: str, epoch: int, attempt: 
 
 def upload_object(process_id: str, seq: int, worker_id: str, epoch: int) -> str:
     """Where a device PUTs a diff too large to send inline (then reports ``uploaded``)."""
-    return f"processes/{process_id}/uploads/{seq}/{pseudonym(worker_id)}-{epoch}.safetensors"
+    ref = pseudonym(worker_id)
+    return f"processes/{process_id}/uploads/{seq}/{ref}-{epoch}.safetensors{SCRATCH_SUFFIX}"
 
 
 def hosting_upload_prefix(process_id: str) -> str:
@@ -47,13 +54,13 @@ def hosting_upload_prefix(process_id: str) -> str:
 
 
 def hosting_model_upload(process_id: str) -> str:
-    return f"{hosting_upload_prefix(process_id)}model.safetensors"
+    return f"{hosting_upload_prefix(process_id)}model.safetensors{SCRATCH_SUFFIX}"
 
 
 def hosting_plan_upload(process_id: str, plan_name: str) -> str:
-    return f"{hosting_upload_prefix(process_id)}plans/{plan_name}.pt2"
+    return f"{hosting_upload_prefix(process_id)}plans/{plan_name}.pt2{SCRATCH_SUFFIX}"
 
 
 def partial_object(process_id: str, seq: int, group: int, attempt: str) -> str:
     """A fanned-out closing's group partial, named by the attempt that wrote it."""
-    return f"processes/{process_id}/partials/{seq}/{group}-{attempt}.safetensors"
+    return f"processes/{process_id}/partials/{seq}/{group}-{attempt}.safetensors{SCRATCH_SUFFIX}"
