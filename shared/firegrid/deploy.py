@@ -14,7 +14,10 @@ import shutil
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from firegrid.manifest import (
     APIS,
@@ -41,17 +44,36 @@ TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 
 
 def requirements(spec: FunctionSpec) -> str:
-    """The function's dependencies: pyproject.toml's core ones plus its manifest extras
-    (the CPU torch index only when torch is among them)."""
+    """The function's dependencies: pyproject.toml's core ones plus its manifest extras,
+    each pinned to the version tested here (the CPU torch index only when torch is among
+    them)."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     extras = project.get("optional-dependencies", {})
     unknown = [extra for extra in spec.extras if extra not in extras]
     if unknown:
         raise ValueError(f"function {spec.name}: no extra {unknown} in pyproject.toml")
-    lines = [*project["dependencies"], *(dep for extra in spec.extras for dep in extras[extra])]
+    wanted = [*project["dependencies"], *(dep for extra in spec.extras for dep in extras[extra])]
+    lines = [pinned(line) for line in wanted]
     if any(line.startswith("torch") for line in lines):
         lines.insert(0, TORCH_INDEX)
     return "\n".join(lines) + "\n"
+
+
+def pinned(line: str) -> str:
+    """``line`` pinned to the version installed here (the one the tests ran against), when
+    it is installed and allowed; else ``line`` as pyproject.toml gives it."""
+    requirement = Requirement(line)
+    if any(spec.operator == "==" for spec in requirement.specifier):
+        return line  # pinned already (torch: its CPU build's local version stays implicit)
+    try:
+        installed = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        return line
+    if not requirement.specifier.contains(installed, prereleases=True):
+        return line
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    marker = f"; {requirement.marker}" if requirement.marker else ""
+    return f"{requirement.name}{extras}=={installed}{marker}"
 
 
 def stage(out: Path) -> dict[str, Path]:

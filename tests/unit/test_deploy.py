@@ -244,3 +244,13 @@ def test_a_function_naming_an_unknown_extra_is_refused() -> None:
     spec = replace(FUNCTIONS[0], extras=("nonesuch",))
     with pytest.raises(ValueError, match="nonesuch"):
         requirements(spec)
+
+
+def test_requirements_are_pinned_to_the_versions_tested_here() -> None:
+    from importlib import metadata
+
+    lines = requirements(next(spec for spec in FUNCTIONS if spec.name == "model-centric"))
+
+    assert f"numpy=={metadata.version('numpy')}" in lines.splitlines()
+    assert f"pyjwt[crypto]=={metadata.version('pyjwt')}" in lines.splitlines()
+    assert all("==" in line for line in lines.splitlines())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,32 @@ def test_a_function_imports_with_only_its_requirements_installed(
 def test_only_the_hosting_function_installs_torch() -> None:
     with_torch = {spec.name for spec in FUNCTIONS if "torch" in requirements(spec)}
     assert with_torch == {"admin"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("FIREGRID_BUNDLE_INSTALL_TEST"),
+    reason="on demand (pip installs from PyPI, 1-3 minutes): FIREGRID_BUNDLE_INSTALL_TEST=1",
+)
+@pytest.mark.parametrize("name", ["model-centric", "on-group-written"])
+def test_a_staged_bundle_installs_into_a_fresh_venv_and_its_entry_point_loads(
+    name: str, staged: dict[str, Path], tmp_path: Path
+) -> None:
+    """What the platform's build does with ``--source``: a fresh environment, only the
+    bundle's requirements.txt, then the entry point loaded by functions-framework."""
+    spec = next(spec for spec in FUNCTIONS if spec.name == name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "--quiet", "-r", "requirements.txt"]
+    subprocess.run(install, cwd=staged[name], check=True, timeout=900)
+    load = (
+        "import sys, functions_framework; "
+        f"functions_framework.create_app(target={spec.target!r}, source='main.py', "
+        f"signature_type={spec.signature!r}); print('torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [str(python), "-c", load], cwd=staged[name], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
