@@ -62,7 +62,14 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec(
         name="admin", target="admin", signature="http", memory="4GiB", extras=("hosting",)
     ),
-    FunctionSpec(name="tick", target="tick", signature="http", memory="4GiB", aggregates=True),
+    FunctionSpec(
+        name="tick",
+        target="tick",
+        signature="http",
+        memory="4GiB",
+        aggregates=True,
+        extras=("privacy",),
+    ),
     FunctionSpec(
         name="on-assignment-written",
         target="on_assignment_written",
@@ -91,6 +98,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         retry=True,
         memory="4GiB",
         aggregates=True,
+        extras=("privacy",),
     ),
     FunctionSpec(
         name="on-group-written",
@@ -103,6 +111,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         memory="4GiB",
         retry=True,
         aggregates=True,
+        extras=("privacy",),
     ),
 )
 
