@@ -20,6 +20,7 @@ from firegrid.services.context import Context
 from tests.common import State
 from tests.edge import call
 from tests.fakes import make_context
+from tests.unit.test_server_optimizer_service import _overtaken_closing
 from tests.unit.test_services import checkpoint, host, join, on_report, send_report
 
 DP = {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5, "population": 10}
@@ -190,3 +191,24 @@ def test_training_completes_before_the_budget_would_be_exceeded(tiny) -> None:
         "clip_norm": 1.0,
         "max_epsilon": budget,
     }
+
+
+def test_an_overtaken_closing_counts_its_cycle_once(tiny) -> None:
+    ctx = _seeded(5)
+    process_id = host(ctx, tiny, dp=DP, **SERVER)
+    for seq in (1, 2):
+        for _ in range(2):
+            worker_id, key = join(ctx)
+            send_report(ctx, worker_id, key, {k: np.full_like(v, 0.1) for k, v in tiny[0].items()})
+        if seq == 1:
+            _overtaken_closing(ctx, process_id, seq)
+        else:
+            assert on_report(ctx, process_id, seq)
+
+    summary = ctx.repo.get_cycle(process_id, 2).summary
+    assert summary.privacy_spent == {"2/10": 2}
+    assert summary.epsilon == pytest.approx(_direct_epsilon([0.2, 0.2], 1.0, 1e-5), rel=1e-9)
+    # The overtaken attempt's noised checkpoint was deleted: only the published ones remain.
+    stored = [n for n in ctx.blobs.writes if "/checkpoints/" in n and n in ctx.blobs.objects]
+    published = [ctx.repo.get_cycle(process_id, s).summary.checkpoint_object for s in (1, 2)]
+    assert stored[1:] == published and sum("/checkpoints/2-" in n for n in ctx.blobs.writes) == 2
