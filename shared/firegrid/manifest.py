@@ -60,7 +60,11 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     # 4 GiB: hosting holds the model and a plan (each up to limits.MAX_HOSTED_FILE_BYTES)
     # with their decoded copies; closing a cycle of a 200 MB model needs about 2.1 GB.
     FunctionSpec(
-        name="admin", target="admin", signature="http", memory="4GiB", extras=("hosting",)
+        name="admin",
+        target="admin",
+        signature="http",
+        memory="4GiB",
+        extras=("hosting", "privacy"),  # hosting checks a dp budget against one cycle
     ),
     FunctionSpec(
         name="tick",

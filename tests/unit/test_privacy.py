@@ -212,3 +212,12 @@ def test_an_overtaken_closing_counts_its_cycle_once(tiny) -> None:
     stored = [n for n in ctx.blobs.writes if "/checkpoints/" in n and n in ctx.blobs.objects]
     published = [ctx.repo.get_cycle(process_id, s).summary.checkpoint_object for s in (1, 2)]
     assert stored[1:] == published and sum("/checkpoints/2-" in n for n in ctx.blobs.writes) == 2
+
+
+def test_a_budget_one_cycle_would_exceed_is_refused_at_hosting() -> None:
+    one_cycle = _direct_epsilon([0.2], 1.0, 1e-5)  # max_workers 2 of a population of 10
+    _config(DP | {"max_epsilon": one_cycle * 1.01})
+    with pytest.raises(BadRequest, match=r"'dp\.max_epsilon' is below one cycle's epsilon"):
+        _config(DP | {"max_epsilon": one_cycle * 0.99})
+    # Without a population the pool decides the rate: the closing checks it.
+    _config(DP | {"max_epsilon": one_cycle * 0.99, "population": None})

@@ -16,7 +16,7 @@ from firegrid.domain.aggregation import Aggregation
 from firegrid.domain.errors import BadRequest
 from firegrid.domain.fields import Fields, check_storable
 from firegrid.domain.optimizers import ServerOptimizer
-from firegrid.domain.privacy import DpConfig
+from firegrid.domain.privacy import DpConfig, spend
 
 POOL_SELECTIONS = ("random", "iterate")
 EXPIRY_ACTIONS = ("reset", "extend")
@@ -244,11 +244,12 @@ class ServerConfig:
         if self.max_weight_fraction is not None and self.aggregation is not Aggregation.FEDAVG:
             raise _bad("'max_weight_fraction' applies to 'fedavg' only")
         if self.dp is not None:
-            self._check_dp()
+            self._check_dp(self.dp)
 
-    def _check_dp(self) -> None:
+    def _check_dp(self, dp: DpConfig) -> None:
         """DP-FedAvg averages uniformly in one invocation, so it needs a streaming rule,
-        no weight cap and no fan-out (fanned-out groups do not clip or add noise)."""
+        no weight cap and no fan-out (fanned-out groups do not clip or add noise); a budget
+        that not even one cycle fits is refused when the population is known."""
         if not self.aggregation.streams:
             raise _bad(
                 "'dp' needs 'aggregation' 'fedavg' or 'mean' (the clipped diffs are averaged "
@@ -260,6 +261,14 @@ class ServerConfig:
             raise _bad(
                 "'dp' needs 'max_workers' at most 'fanout_threshold': a closing with dp is "
                 "not fanned out"
+            )
+        if dp.max_epsilon is None or dp.population is None:
+            return  # with the pool as population, the closing checks it
+        first = dp.epsilon_of(spend({}, self.max_workers, dp.population))
+        if first > dp.max_epsilon:
+            raise _bad(
+                f"'dp.max_epsilon' is below one cycle's epsilon ({first:.3g} with up to "
+                f"{self.max_workers} of {dp.population} sampled): training could not start"
             )
 
     def to_dict(self) -> dict[str, Any]:

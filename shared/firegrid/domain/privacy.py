@@ -72,6 +72,9 @@ class DpConfig:
     def noise_std(self, num_diffs: int) -> float:
         return self.noise_multiplier * self.clip_norm / num_diffs
 
+    def epsilon_of(self, spent: Spent) -> float:
+        return epsilon(spent, self.noise_multiplier, self.delta)
+
 
 def _positive(fields: Fields, key: str, maximum: float) -> float:
     value = fields.number(key, maximum=maximum)
@@ -143,9 +146,8 @@ def account(
     """The epsilon after a cycle of ``num_diffs``, and whether a next cycle of up to
     ``next_diffs`` (its most: the larger the rate, the larger its cost) stays in budget."""
     spent = spend(before, num_diffs, population)
-    so_far = epsilon(spent, config.noise_multiplier, config.delta)
     exhausted = False
     if config.max_epsilon is not None:
-        after_next = spend(spent, next_diffs, population)
-        exhausted = epsilon(after_next, config.noise_multiplier, config.delta) > config.max_epsilon
+        exhausted = config.epsilon_of(spend(spent, next_diffs, population)) > config.max_epsilon
+    so_far = config.epsilon_of(spent)
     return Spending(epsilon=so_far, spent=spent, exhausted=exhausted)
