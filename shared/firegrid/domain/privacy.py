@@ -12,7 +12,8 @@ cycle is a Poisson-subsampled Gaussian mechanism with sampling rate ``q = m / N`
 (N: ``population``, or the registered pool). The cycles so far are kept as a count per
 sampling rate, so the epsilon after any cycle is the accountant's composition of
 exactly those events. ``dp-accounting`` is imported only when epsilon is computed (the
-closing functions), since it pulls scipy: the device-facing functions never load it.
+closing functions, and hosting's budget check), since it pulls scipy: the device-facing
+functions never load it.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def sampling_rate(key: str) -> float:
 
 def epsilon(spent: Spent, noise_multiplier: float, delta: float) -> float:
     """The RDP accountant's epsilon at ``delta`` after the cycles in ``spent``."""
-    # Imported here: it pulls scipy, which only the closing functions load.
+    # Imported here: it pulls scipy, which only the closing functions and hosting load.
     import dp_accounting
     from dp_accounting.rdp import rdp_privacy_accountant
 
