@@ -74,7 +74,11 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     # 4 GiB: hosting holds the model and a plan (each up to limits.MAX_HOSTED_FILE_BYTES)
     # with their decoded copies; closing a cycle of a 200 MB model needs about 2.1 GB.
     FunctionSpec(
-        name="admin", target="admin", signature="http", memory="4GiB", extras=("hosting",)
+        name="admin",
+        target="admin",
+        signature="http",
+        memory="4GiB",
+        extras=("hosting", "privacy"),  # hosting checks a dp budget against one cycle
     ),
     FunctionSpec(
         name="tick",
@@ -82,6 +86,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         signature="http",
         memory="4GiB",
         aggregates=True,
+        extras=("privacy",),
         invokers=(SCHEDULER_ACCOUNT,),
     ),
     FunctionSpec(
@@ -112,6 +117,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         retry=True,
         memory="4GiB",
         aggregates=True,
+        extras=("privacy",),
     ),
     FunctionSpec(
         name="on-group-written",
@@ -124,6 +130,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         memory="4GiB",
         retry=True,
         aggregates=True,
+        extras=("privacy",),
     ),
 )
 

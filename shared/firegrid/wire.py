@@ -34,6 +34,7 @@ from firegrid.domain.errors import (
     Unavailable,
 )
 from firegrid.domain.fields import check_storable
+from firegrid.domain.model import Process
 from firegrid.services.context import Context
 from firegrid.services.cycles import TickReport
 from firegrid.services.results import (
@@ -288,6 +289,7 @@ def _(result: ProcessReport) -> flask.Response:
             "status": result.previous.status.value,
             "num_diffs": summary.num_diffs if summary else None,
             "total_samples": summary.total_samples if summary else None,
+            "epsilon": summary.epsilon if summary else None,
             "skipped": dict(result.previous.skipped),
         }
     return _json(
@@ -309,9 +311,24 @@ def _(result: ProcessReport) -> flask.Response:
                 "assigned": pool.assigned,
                 "last_sends": [{k: _iso(v) for k, v in s.items()} for s in pool.last_sends],
             },
+            "privacy": _privacy(process, result.epsilon),
             "server_config": process.server_config.to_dict() | {"authentication": "(hidden)"},
         }
     )
+
+
+def _privacy(process: Process, epsilon: float | None) -> dict[str, Any] | None:
+    """``dp``: the privacy spent so far (epsilon None before the first closing)."""
+    dp = process.server_config.dp
+    if dp is None:
+        return None
+    return {
+        "epsilon": epsilon,
+        "delta": dp.delta,
+        "noise_multiplier": dp.noise_multiplier,
+        "clip_norm": dp.clip_norm,
+        "max_epsilon": dp.max_epsilon,
+    }
 
 
 def metrics_csv(rows: Any) -> str:

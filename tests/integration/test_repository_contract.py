@@ -353,6 +353,8 @@ def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository
         closed_at=T0,
         checkpoint_object="c2",
         optimizer_state_object="o2",
+        epsilon=1.25,
+        privacy_spent={"20/100": 3, "5/100": 1},  # map keys with a slash
     )
 
     def progressed(p: Process) -> Process | None:
@@ -369,7 +371,7 @@ def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository
 
     assert overtaken is None and done is not None and again is None
     assert repo.get_cycle("p1", 1).status is CycleStatus.COMPLETED
-    assert repo.get_cycle("p1", 1).summary == summary  # beyond int64, kept; the object names too
+    assert repo.get_cycle("p1", 1).summary == summary  # beyond int64, kept; the names, dp too
     assert repo.get_cycle("p1", 2) == cycle(seq=2)
     stored = repo.get_process("p1")
     assert (stored.current_cycle, stored.latest_checkpoint) == (2, 2)

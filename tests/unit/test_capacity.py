@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from firegrid import manifest
-from firegrid.domain.capacity import aggregation_bytes, check_aggregation_fits
+from firegrid.domain.capacity import (
+    PRIVACY_RUNTIME_BYTES,
+    aggregation_bytes,
+    check_aggregation_fits,
+)
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.diffs import TensorSpec
 from firegrid.domain.errors import BadRequest
@@ -95,3 +99,14 @@ def test_a_server_optimizers_state_counts_in_the_estimate() -> None:
     with pytest.raises(BadRequest, match="'fedavg' and 'fedadam'") as refused:
         check_aggregation_fits(schema, adam, 4 * GIB)
     assert refused.value.code == "aggregation_too_large"
+
+
+def test_dp_counts_the_accountants_imports_and_one_tensors_noise() -> None:
+    schema = _schema(40_000_000, tensors=8)
+    plain = _config("fedavg", max_workers=10)
+    dp = _config(
+        "fedavg", max_workers=10, dp={"clip_norm": 1, "noise_multiplier": 1, "delta": 1e-5}
+    )
+    assert aggregation_bytes(schema, dp) - aggregation_bytes(schema, plain) == (
+        PRIVACY_RUNTIME_BYTES + 8 * 5_000_000
+    )

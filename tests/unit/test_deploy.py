@@ -236,8 +236,12 @@ def test_each_function_is_staged_with_main_the_package_and_its_own_requirements(
     assert admin[0].startswith("--extra-index-url https://download.pytorch.org/whl/cpu")
     assert "torch==2.13.0" in admin
     lean = (sources["model-centric"] / "requirements.txt").read_text().splitlines()
-    assert not any("torch" in line for line in lean)
-    assert set(lean) == set(admin) - {admin[0], "torch==2.13.0"}  # the same core, no torch
+    assert not any("torch" in line or "dp-accounting" in line for line in lean)
+    accountant = next(line for line in admin if line.startswith("dp-accounting"))
+    # The same core, without torch or the privacy accountant (scipy).
+    assert set(lean) == set(admin) - {admin[0], "torch==2.13.0", accountant}
+    tick = (sources["tick"] / "requirements.txt").read_text().splitlines()
+    assert accountant in tick and not any("torch" in line for line in tick)
 
 
 def test_a_function_naming_an_unknown_extra_is_refused() -> None:

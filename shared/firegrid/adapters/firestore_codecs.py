@@ -15,6 +15,7 @@ functions, so a field is spelt once. Layout (docs/architecture.md, "State"):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -146,7 +147,13 @@ def cycle_doc(cycle: Cycle) -> Document:
         "closed_at": summary.closed_at if summary else None,
         "checkpoint_object": summary.checkpoint_object if summary else None,
         "optimizer_state_object": summary.optimizer_state_object if summary else None,
+        "epsilon": summary.epsilon if summary else None,
+        "privacy_spent": _spent(summary.privacy_spent) if summary else None,
     }
+
+
+def _spent(spent: Mapping[str, int] | None) -> dict[str, int] | None:
+    return None if spent is None else dict(spent)
 
 
 def cycle_from(process_id: str, data: Document) -> Cycle:
@@ -159,6 +166,8 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
             closed_at=data["closed_at"],
             checkpoint_object=data.get("checkpoint_object"),
             optimizer_state_object=data.get("optimizer_state_object"),
+            epsilon=data.get("epsilon"),
+            privacy_spent=_spent(data.get("privacy_spent")),
         )
     return Cycle(
         process_id=process_id,

@@ -26,6 +26,7 @@ exactly LEAF's ``sum(n_k * w_k) / sum(n_k)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -187,16 +188,18 @@ def _fold_diff(
         _fold(acc, values.reshape(-1), weight, scratch)
 
 
-def _weighted_sum(
-    template: Tensors, contributions: Iterable[Contribution], weigh: Callable[[float], float]
-) -> Step:
-    """The running float64 sum of ``weigh(weight) * diff``, divided by the total weight."""
+Weigh = Callable[[Contribution], tuple[float, float]]
+"""A diff's factor in the sum and its share of the total weight divided by."""
+
+
+def _weighted_sum(template: Tensors, contributions: Iterable[Contribution], weigh: Weigh) -> Step:
+    """The running float64 sum of ``factor * diff``, divided by the total weight."""
     total = {k: np.zeros(v.size, dtype=np.float64) for k, v in template.items()}
     scratch = _scratch(template)
     total_weight, count = 0.0, 0
     for contribution in contributions:
-        weight = weigh(contribution.weight)
-        _fold_diff(total, contribution.diff, weight, template, scratch)
+        factor, weight = weigh(contribution)
+        _fold_diff(total, contribution.diff, factor, template, scratch)
         total_weight += weight
         count += 1
         del contribution  # the loop fetches the next diff before it rebinds this name
@@ -210,11 +213,33 @@ def _weighted_sum(
 
 
 def fedavg(template: Tensors, sources: DiffSources, options: Options) -> Step:
-    return _weighted_sum(template, sources.whole(), lambda weight: weight)
+    return _weighted_sum(template, sources.whole(), lambda c: (c.weight, c.weight))
 
 
 def mean(template: Tensors, sources: DiffSources, options: Options) -> Step:
-    return _weighted_sum(template, sources.whole(), lambda weight: 1.0)
+    return _weighted_sum(template, sources.whole(), lambda c: (1.0, 1.0))
+
+
+def clipped_mean(template: Tensors, sources: DiffSources, clip_norm: float) -> Step:
+    """DP-FedAvg's average: each diff scaled to L2 norm at most ``clip_norm`` (over all its
+    tensors), then the uniform mean, so one diff moves it by at most ``clip_norm / m``."""
+
+    def weigh(contribution: Contribution) -> tuple[float, float]:
+        return clip_factor(contribution.diff, clip_norm), 1.0
+
+    return _weighted_sum(template, sources.whole(), weigh)
+
+
+def clip_factor(diff: Tensors, clip_norm: float) -> float:
+    """The scale that brings the diff's L2 norm (over every tensor) to at most ``clip_norm``."""
+    squares = 0.0
+    for tensor in diff.values():
+        flat = tensor.reshape(-1)
+        for run in _chunks(flat.size):  # float64 a chunk at a time: no model-sized copy
+            part = flat[run].astype(np.float64)
+            squares += float(np.dot(part, part))
+    norm = math.sqrt(squares)
+    return 1.0 if norm <= clip_norm else clip_norm / norm
 
 
 def slices(template: Tensors, width: int) -> Iterator[Slice]:
@@ -385,9 +410,13 @@ def combine(
     *,
     method: Aggregation = Aggregation.FEDAVG,
     trim_fraction: float = 0.1,
+    clip_norm: float | None = None,
 ) -> Step:
-    """The step ``method`` makes of the diffs, for ``apply_step`` or a server optimizer."""
+    """The step ``method`` makes of the diffs, for ``apply_step`` or a server optimizer;
+    with ``clip_norm`` (differential privacy) the clipped uniform mean instead."""
     sources = diffs if isinstance(diffs, DiffSources) else HeldDiffs(checkpoint, diffs)
+    if clip_norm is not None:
+        return clipped_mean(checkpoint, sources, clip_norm)
     return RULES[Aggregation(method)](checkpoint, sources, Options(trim_fraction=trim_fraction))
 
 

@@ -46,6 +46,7 @@ def aggregation_bytes(schema: Schema, config: ServerConfig) -> int:
         + 2 * model  # the new checkpoint, decoded and encoded
         + reports * REPORT_BYTES
         + _optimizer_bytes(config, coordinates, largest)
+        + _privacy_bytes(config, largest)
     )
     if config.aggregation.streams:
         return held + max_file_bytes(schema)  # one diff as received (its tensors are views)
@@ -67,6 +68,16 @@ def _optimizer_bytes(config: ServerConfig, coordinates: int, largest: int) -> in
     if optimizer is None:
         return 0
     return MOMENT_BYTES * optimizer.moments * coordinates + 8 * STEP_TEMPORARIES * largest
+
+
+PRIVACY_RUNTIME_BYTES = 96 * 2**20
+"""``dp-accounting`` and the scipy it imports (about 80 MiB measured), loaded by a closing
+with ``dp``."""
+
+
+def _privacy_bytes(config: ServerConfig, largest: int) -> int:
+    """``dp``: the accountant's imports and the float64 noise of one tensor at a time."""
+    return 0 if config.dp is None else PRIVACY_RUNTIME_BYTES + 8 * largest
 
 
 def check_aggregation_fits(schema: Schema, config: ServerConfig, memory_bytes: int) -> None:

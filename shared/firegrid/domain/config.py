@@ -16,6 +16,7 @@ from firegrid.domain.aggregation import Aggregation
 from firegrid.domain.errors import BadRequest
 from firegrid.domain.fields import Fields, check_storable
 from firegrid.domain.optimizers import ServerOptimizer
+from firegrid.domain.privacy import DpConfig, spend
 
 POOL_SELECTIONS = ("random", "iterate")
 EXPIRY_ACTIONS = ("reset", "extend")
@@ -24,7 +25,7 @@ OPTIMIZERS = ("sgd", "adam")
 # Keys PyGrid configs carry that FireGrid accepts and ignores.
 _LEGACY_SERVER_KEYS = frozenset({"iterative_plan"})
 INVALID_CONFIG = "invalid_config"
-_NESTED = ("authentication", "server_optimizer")
+_NESTED = ("authentication", "server_optimizer", "dp")
 """Objects inside ``server_config``, whose keys messages name with the object's."""
 
 
@@ -146,6 +147,8 @@ class ServerConfig:
     server_optimizer: ServerOptimizer | None = None
     """An adaptive server optimizer applied to the aggregated diff instead of ``server_lr``
     (None: ``new = old - server_lr * delta``)."""
+    dp: DpConfig | None = None
+    """Differential privacy (DP-FedAvg): clip, uniform mean, Gaussian noise, accountant."""
     max_diff_norm: float | None = None
     """Reject (or clip, with ``clip_diffs``) diffs with a larger L2 norm."""
     clip_diffs: bool = False
@@ -224,6 +227,7 @@ class ServerConfig:
             or DEFAULT_FANOUT_THRESHOLD,
             authentication=AuthConfig.parse(fields.raw.get("authentication")),
             server_optimizer=_server_optimizer(fields),
+            dp=_dp(fields),
         )
         config._check_consistency()
         return config
@@ -239,11 +243,40 @@ class ServerConfig:
             raise _bad("'clip_diffs' needs 'max_diff_norm'")
         if self.max_weight_fraction is not None and self.aggregation is not Aggregation.FEDAVG:
             raise _bad("'max_weight_fraction' applies to 'fedavg' only")
+        if self.dp is not None:
+            self._check_dp(self.dp)
+
+    def _check_dp(self, dp: DpConfig) -> None:
+        """DP-FedAvg averages uniformly in one invocation, so it needs a streaming rule,
+        no weight cap and no fan-out (fanned-out groups do not clip or add noise); a budget
+        that not even one cycle fits is refused when the population is known."""
+        if not self.aggregation.streams:
+            raise _bad(
+                "'dp' needs 'aggregation' 'fedavg' or 'mean' (the clipped diffs are averaged "
+                "uniformly, each weighing 1/m)"
+            )
+        if self.max_weight_fraction is not None:
+            raise _bad("'max_weight_fraction' does not apply with 'dp': every diff weighs 1/m")
+        if self.max_workers is None or self.max_workers > self.fanout_threshold:
+            raise _bad(
+                "'dp' needs 'max_workers' at most 'fanout_threshold': a closing with dp is "
+                "not fanned out"
+            )
+        if dp.max_epsilon is None or dp.population is None:
+            return  # with the pool as population, the closing checks it
+        first = dp.epsilon_of(spend({}, self.max_workers, dp.population))
+        if first > dp.max_epsilon:
+            raise _bad(
+                f"'dp.max_epsilon' is below one cycle's epsilon ({first:.3g} with up to "
+                f"{self.max_workers} of {dp.population} sampled): training could not start"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         if self.server_optimizer is not None:
             values["server_optimizer"] = self.server_optimizer.to_dict()
+        if self.dp is not None:
+            values["dp"] = self.dp.to_dict()
         return values
 
     @classmethod
@@ -254,6 +287,8 @@ class ServerConfig:
         values["aggregation"] = Aggregation(values.get("aggregation", Aggregation.FEDAVG))
         if values.get("server_optimizer") is not None:
             values["server_optimizer"] = _optimizer(values["server_optimizer"])
+        if values.get("dp") is not None:
+            values["dp"] = DpConfig(**values["dp"])
         return cls(**values)
 
 
@@ -272,6 +307,11 @@ def _server_optimizer(fields: Fields) -> ServerOptimizer | None:
 
 def _optimizer(raw: object) -> ServerOptimizer:
     return ServerOptimizer.parse(_config_fields(raw, "server_optimizer"))
+
+
+def _dp(fields: Fields) -> DpConfig | None:
+    raw = fields.raw.get("dp")
+    return None if raw is None else DpConfig.parse(_config_fields(raw, "dp"))
 
 
 def _below_half(fields: Fields, key: str, default: float) -> float:

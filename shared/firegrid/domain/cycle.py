@@ -227,6 +227,10 @@ class CycleSummary:
     optimizer_state_object: str | None = None
     """Where the server optimizer's state after this closing is stored (None: no
     ``server_optimizer``)."""
+    epsilon: float | None = None
+    """``dp``: the privacy spent by every cycle up to this one, at ``dp.delta``."""
+    privacy_spent: Mapping[str, int] | None = None
+    """``dp``: the cycles up to this one by sampling rate (``privacy.Spent``)."""
 
 
 def _merged(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from firegrid.domain import blobs, optimizers
+from firegrid.domain import blobs, optimizers, privacy
 from firegrid.domain.aggregation import (
     AggregationFailed,
     StateDict,
@@ -127,7 +127,11 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         else:
             diffs = StoredDiffs(ctx.blobs, process.schema, reported, weights, skipped)
             step = combine(
-                checkpoint, diffs, method=config.aggregation, trim_fraction=config.trim_fraction
+                checkpoint,
+                diffs,
+                method=config.aggregation,
+                trim_fraction=config.trim_fraction,
+                clip_norm=config.dp.clip_norm if config.dp else None,
             )
         usable = step.num_diffs
     except AggregationFailed:
@@ -141,6 +145,7 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
     if step is None or not has_enough(usable, config):
         _reopen(ctx, process, seq, lease, reasons)
         return False
+    spending = _privatize(ctx, process, cycle, step)
     updated, optimizer_state = _next_checkpoint(ctx, process, cycle, checkpoint, step)
     _check_finite(updated)
     lease.check()
@@ -158,8 +163,11 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         closed_at=ctx.clock.now(),
         checkpoint_object=published,
         optimizer_state_object=state_object,
+        epsilon=spending.epsilon if spending else None,
+        privacy_spent=spending.spent if spending else None,
     )
-    next_cycle = None if is_last_cycle(seq, config) else new_cycle(process, seq + 1, ctx, published)
+    last = is_last_cycle(seq, config) or (spending is not None and spending.exhausted)
+    next_cycle = None if last else new_cycle(process, seq + 1, ctx, published)
     next_seq = next_cycle.seq if next_cycle else None
     completed = ctx.repo.complete_cycle(
         process.id,
@@ -191,14 +199,41 @@ def _next_checkpoint(
     if config.server_optimizer is None:
         return apply_step(checkpoint, step, config.server_lr), None
     before = optimizers.OptimizerState()
-    if cycle.seq > 1:
-        previous = ctx.repo.get_cycle(process.id, cycle.seq - 1)
-        name = previous.summary.optimizer_state_object if previous and previous.summary else None
+    previous = _previous_summary(ctx, process, cycle)
+    if previous is not None:
+        name = previous.optimizer_state_object
         if name is None:
             raise AggregationFailed(f"checkpoint {cycle.seq} has no server optimizer state")
         before = optimizers.decode(view_state(ctx.blobs.get(name), "optimizer state"))
     updated, after = optimizers.step(checkpoint, step.delta, config.server_optimizer, before)
     return updated, optimizers.encode(after)
+
+
+def _previous_summary(ctx: Context, process: Process, cycle: Cycle) -> CycleSummary | None:
+    """What the closing before this cycle stored (None for the first cycle)."""
+    if cycle.seq == 1:
+        return None
+    previous = ctx.repo.get_cycle(process.id, cycle.seq - 1)
+    if previous is None or previous.summary is None:
+        raise AggregationFailed(f"cycle {cycle.seq - 1} has no summary")
+    return previous.summary
+
+
+def _privatize(ctx: Context, process: Process, cycle: Cycle, step: Step) -> privacy.Spending | None:
+    """``dp``: Gaussian noise of std ``z * S / m`` added to the clipped mean (in place),
+    and the privacy spent so far. The cycles before are the ones stored with the
+    checkpoint this cycle trained from, so a closing done again counts once."""
+    dp, config = process.server_config.dp, process.server_config
+    if dp is None:
+        return None
+    privacy.add_noise(step.delta, dp.noise_std(step.num_diffs), ctx.noise())
+    previous = _previous_summary(ctx, process, cycle)
+    before = previous.privacy_spent if previous is not None else {}
+    if before is None:
+        raise AggregationFailed(f"cycle {cycle.seq - 1} has no privacy accounting")
+    population = dp.population or len(ctx.repo.process_workers(process.id))
+    next_diffs = config.max_workers or step.num_diffs  # dp requires max_workers
+    return privacy.account(dp, before, step.num_diffs, population, next_diffs)
 
 
 def _skip(reason: str) -> Callable[[Assignment], Assignment | None]:

@@ -30,7 +30,16 @@ def status(ctx: Context, query: api.ProcessQuery) -> ProcessReport:
         previous=ctx.repo.get_cycle(process.id, process.current_cycle - 1)
         if process.current_cycle > 1
         else None,
+        epsilon=_epsilon(ctx, process),
     )
+
+
+def _epsilon(ctx: Context, process: Process) -> float | None:
+    """The epsilon stored by the closing that made the latest checkpoint (None before one)."""
+    if process.server_config.dp is None or process.latest_checkpoint < 2:
+        return None
+    made_by = ctx.repo.get_cycle(process.id, process.latest_checkpoint - 1)
+    return made_by.summary.epsilon if made_by and made_by.summary else None
 
 
 def retrieve_model(ctx: Context, query: api.CheckpointQuery) -> bytes | SignedUrl:

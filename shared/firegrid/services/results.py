@@ -111,6 +111,8 @@ class ProcessReport:
     pool: PoolReport
     previous: Cycle | None = None
     """The cycle before the current one: what its closing produced."""
+    epsilon: float | None = None
+    """``dp``: the privacy spent by the cycles that made the latest checkpoint."""
 
 
 @dataclass(frozen=True, kw_only=True)
