@@ -42,6 +42,12 @@ def name(store: BlobStore) -> Iterator[str]:
     store.delete(object_name)
 
 
+@pytest.fixture
+def root() -> str:
+    """A prefix of this test's own in the stack's bucket."""
+    return f"contract/{secrets.token_hex(6)}/"
+
+
 def test_put_if_absent_writes_once(store: BlobStore) -> None:
     object_name = f"contract/{secrets.token_hex(6)}"
     assert store.put(object_name, b"first", if_absent=True)
@@ -67,3 +73,19 @@ def test_a_ranged_read_of_a_missing_object_is_not_found(store: BlobStore) -> Non
     with pytest.raises(NotFound) as missing:
         store.get_range("contract/absent", 0, 8)
     assert missing.value.code == "missing_object"
+
+
+def test_delete_prefix_deletes_exactly_the_objects_under_it_and_counts_them(
+    store: BlobStore, root: str
+) -> None:
+    inside = [f"{root}processes/p1/checkpoints/{i}.safetensors" for i in range(3)]
+    outside = [f"{root}processes/p10/checkpoints/1.safetensors", f"{root}other"]
+    for name in inside + outside:
+        store.put(name, b"x")
+
+    assert store.delete_prefix(f"{root}processes/p1/") == 3
+    assert store.delete_prefix(f"{root}processes/p1/") == 0  # a second run is harmless
+    for name in inside:
+        with pytest.raises(NotFound):
+            store.get(name)
+    assert [store.get(name) for name in outside] == [b"x", b"x"]
