@@ -15,8 +15,8 @@ from datetime import timedelta
 
 import numpy as np
 
-from firegrid.domain import blobs
-from firegrid.domain.aggregation import RULES, AggregationFailed, Options, Step, Tensors
+from firegrid.domain import aggregation, blobs
+from firegrid.domain.aggregation import AggregationFailed, Step, Tensors
 from firegrid.domain.cycle import ProcessStatus
 from firegrid.domain.diffs import Schema
 from firegrid.domain.fanout import Group, GroupStatus, combine, partition
@@ -98,10 +98,14 @@ def _aggregate_group(ctx: Context, process: Process, group: Group, lease: Lease[
         [weight for _, weight in members],
         skipped,
     )
-    options = Options(trim_fraction=config.trim_fraction)
     step: Step | None
     try:
-        step = RULES[config.aggregation](_template(process.schema), diffs, options)
+        step = aggregation.combine(
+            _template(process.schema),
+            diffs,
+            method=config.aggregation,
+            trim_fraction=config.trim_fraction,
+        )
     except AggregationFailed:
         if not skipped:
             raise
