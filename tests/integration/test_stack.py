@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ from firegrid.local.stack import (
     wipe,
 )
 from firegrid.manifest import FUNCTIONS
+
+from .support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -157,10 +158,10 @@ def test_what_dies_is_restarted_and_faults_are_counted(
         functions = info.pids["functions"]
         stop_process_groups([functions])  # the whole tree: gunicorn's master and worker
 
-        restarted = wait_for_value(lambda: _restarted_pid(tmp_path, functions), 30, "a restart")
+        restarted = wait_for(lambda: _restarted_pid(tmp_path, functions), 30, "a restart")
         assert is_alive(restarted) and not is_alive(functions)
         serving = http_probe(f"{info.base_url}/")
-        wait_for_value(lambda: 1 if serving() else None, 60, "the restarted server")
+        wait_for(serving, 60, "the restarted server")
         assert cli(["stack", "status", "--dir", str(tmp_path)]) == 0
         out = capsys.readouterr().out
         assert f"functions  pid {restarted}" in out and "restarted 1x" in out
@@ -185,13 +186,3 @@ def test_what_dies_is_restarted_and_faults_are_counted(
 def _restarted_pid(directory: Path, old: int) -> int | None:
     pid = json.loads((directory / "stack.json").read_text())["pids"]["functions"]
     return pid if pid != old else None
-
-
-def wait_for_value(read: Callable[[], int | None], timeout_s: float, what: str) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = read()
-        if value is not None:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within {timeout_s:.0f} s")
