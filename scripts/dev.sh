@@ -28,6 +28,20 @@ setup() {
   fi
 }
 
+# The browser tests drive Debian's chromium headless. As root (CI, a fresh
+# machine) it is installed here; otherwise the command to run is printed.
+browser() {
+  command -v "${FIREGRID_CHROMIUM:-chromium}" >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium for the browser tests"
+    apt-get install -y -q chromium >/dev/null \
+      || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "The browser tests need chromium: sudo apt-get install -y chromium" >&2
+    exit 1
+  fi
+}
+
 case "${1:-}" in
   demo)
     shift
@@ -37,6 +51,7 @@ case "${1:-}" in
   test)
     shift
     setup
+    browser
     echo "==> ruff"
     "$VENV/bin/ruff" check shared functions tests bench
     "$VENV/bin/ruff" format --check shared functions tests bench

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from firegrid.local.stack import StackInfo, start_stack, stop_stack, wipe
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +61,25 @@ def ticker(clean_stack: StackInfo) -> Iterator[None]:
     yield
     stop.set()
     thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless chromium (Debian's, installed by scripts/dev.sh), driven by Playwright.
+
+    Playwright's own browser download is never used: ``FIREGRID_CHROMIUM`` or
+    ``chromium`` on the PATH is the browser.
+    """
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which(os.environ.get("FIREGRID_CHROMIUM", "chromium"))
+    if executable is None:
+        pytest.fail("the browser tests need chromium: `bash scripts/dev.sh test` installs it")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
