@@ -70,6 +70,9 @@ ADMIN_ROUTES: wire.Routes = {
     ("GET", "/training-metrics"): wire.query_route(
         api.MetricsQuery.parse, operator.training_metrics
     ),
+    ("GET", "/processes"): wire.query_route(api.ProcessListing.parse, operator.processes),
+    ("GET", "/cycles"): wire.query_route(api.CycleHistoryQuery.parse, operator.cycle_history),
+    ("GET", "/round-stats"): wire.query_route(api.RoundStatsQuery.parse, operator.round_summaries),
     ("POST", "/tick"): lambda ctx, request: cycles.tick(ctx),
     ("POST", "/push"): wire.json_route(api.Push.parse, pool.operator_push),
 }
