@@ -13,7 +13,7 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from firegrid import api, wire
+from firegrid import api, console, wire
 from firegrid.adapters import events
 from firegrid.domain.changes import (
     entered_closing,
@@ -78,6 +78,15 @@ ADMIN_ROUTES: wire.Routes = {
 }
 
 
+def _console_asset(ctx: Context, request: flask.Request) -> console.Asset:
+    return console.asset(wire.route_path(request))
+
+
+CONSOLE_ROUTES: wire.Routes = {("GET", path): _console_asset for path in console.FILES}
+"""The operator console's page and assets: served without credentials (they hold none;
+every data call the page makes carries them)."""
+
+
 def _admin_guard(ctx: Context, request: flask.Request) -> None:
     wire.require_admin(request, ctx.settings)
 
@@ -89,6 +98,8 @@ def model_centric(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def admin(request: flask.Request) -> flask.Response:
+    if wire.route_path(request) in console.FILES:
+        return wire.dispatch(request, CONSOLE_ROUTES, context)
     return wire.dispatch(request, ADMIN_ROUTES, context, guard=_admin_guard)
 
 

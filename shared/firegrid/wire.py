@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import flask
 
+from firegrid.console import CONTENT_SECURITY_POLICY, Asset
 from firegrid.domain.acceptance import Rejection
 from firegrid.domain.aggregation import AggregationFailed
 from firegrid.domain.cycle import Cycle
@@ -163,6 +164,16 @@ def render(result: Any) -> flask.Response:
 def _(result: bytes) -> flask.Response:
     response = flask.Response(result, mimetype="application/octet-stream")
     response.set_etag(hashlib.sha256(result).hexdigest())  # quoted, as HTTP defines ETags
+    return response
+
+
+@render.register
+def _(result: Asset) -> flask.Response:
+    response = flask.Response(result.body, content_type=result.content_type)
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-cache"
     return response
 
 
@@ -457,13 +468,18 @@ def error_response(error: FireGridError) -> flask.Response:
 # -- dispatch -------------------------------------------------------------------------
 
 
+def route_path(request: flask.Request) -> str:
+    """The path the routes are keyed by: one leading slash, none trailing."""
+    return "/" + request.path.strip("/")
+
+
 def dispatch(
     request: flask.Request,
     routes: Routes,
     context: Callable[[], Context],
     guard: Callable[[Context, flask.Request], None] | None = None,
 ) -> flask.Response:
-    path = "/" + request.path.strip("/")
+    path = route_path(request)
     try:
         handler = routes.get((request.method, path))
         if handler is None:
