@@ -13,7 +13,7 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from firegrid import api, wire
+from firegrid import api, console, wire
 from firegrid.adapters import events
 from firegrid.domain.changes import (
     entered_closing,
@@ -70,9 +70,21 @@ ADMIN_ROUTES: wire.Routes = {
     ("GET", "/training-metrics"): wire.query_route(
         api.MetricsQuery.parse, operator.training_metrics
     ),
+    ("GET", "/processes"): wire.query_route(api.ProcessListing.parse, operator.processes),
+    ("GET", "/cycles"): wire.query_route(api.CycleHistoryQuery.parse, operator.cycle_history),
+    ("GET", "/round-stats"): wire.query_route(api.RoundStatsQuery.parse, operator.round_summaries),
     ("POST", "/tick"): lambda ctx, request: cycles.tick(ctx),
     ("POST", "/push"): wire.json_route(api.Push.parse, pool.operator_push),
 }
+
+
+def _console_asset(ctx: Context, request: flask.Request) -> console.Asset:
+    return console.asset(wire.route_path(request))
+
+
+CONSOLE_ROUTES: wire.Routes = {("GET", path): _console_asset for path in console.FILES}
+"""The operator console's page and assets: served without credentials (they hold none;
+every data call the page makes carries them)."""
 
 
 def _admin_guard(ctx: Context, request: flask.Request) -> None:
@@ -86,6 +98,8 @@ def model_centric(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def admin(request: flask.Request) -> flask.Response:
+    if wire.route_path(request) in console.FILES:
+        return wire.dispatch(request, CONSOLE_ROUTES, context)
     return wire.dispatch(request, ADMIN_ROUTES, context, guard=_admin_guard)
 
 

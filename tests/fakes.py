@@ -276,6 +276,11 @@ class FakeRepository:
         with self._lock:
             return [p for p in self.processes.values() if p.status is ProcessStatus.TRAINING]
 
+    def recent_processes(self, limit: int) -> list[Process]:
+        with self._lock:
+            newest = sorted(self.processes.values(), key=lambda p: p.created_at, reverse=True)
+            return newest[:limit]
+
     # -- workers ----------------------------------------------------------
     def get_worker(self, worker_id: str) -> Worker | None:
         with self._lock:
@@ -325,6 +330,11 @@ class FakeRepository:
         with self._lock:
             record = self._record(process_id, seq)
             return record.cycle if record else None
+
+    def recent_cycles(self, process_id: str, limit: int) -> list[Cycle]:
+        with self._lock:
+            seqs = sorted((seq for pid, seq in self.cycles if pid == process_id), reverse=True)
+            return [self.cycles[(process_id, seq)].cycle for seq in seqs[:limit]]
 
     def update_cycle(
         self, process_id: str, seq: int, change: Callable[[Cycle], Cycle | None]
@@ -540,6 +550,15 @@ class FakeRepository:
         with self._lock:
             rows = [dict(r) for r in self.metrics.get(process_id, {}).values()]
             return sorted(rows, key=lambda r: (r["cycle_id"], r["client_id"]))
+
+    def metrics_of_cycles(
+        self, process_id: str, first: int, last: int, limit: int
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            stored = self.metrics.get(process_id, {})
+            ids = sorted(stored, key=lambda doc_id: (stored[doc_id]["cycle_id"], doc_id))
+            rows = [dict(stored[i]) for i in ids if first <= stored[i]["cycle_id"] <= last]
+            return rows[:limit]
 
     # -- pushes -----------------------------------------------------------
     def claim_push(self, process_id: str, key: str, record: Mapping[str, Any]) -> bool:

@@ -367,6 +367,61 @@ class ProcessQuery:
         return cls(name=_name(fields, "name"), version=fields.version("version"))
 
 
+def _query_count(fields: Fields, key: str, *, default: int, maximum: int) -> int:
+    """A positive count in the query string (a listing's ``limit``), at most ``maximum``."""
+    value = fields.digits(key)
+    if value is None:
+        return default
+    if not 1 <= value <= maximum:
+        raise fields.bad(key, f"must be from 1 to {maximum}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessListing:
+    """``admin/processes``: the newest processes, at most ``limit``."""
+
+    limit: int
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> ProcessListing:
+        fields = Fields(raw, what=QUERY)
+        limit = _query_count(fields, "limit", default=50, maximum=limits.MAX_PROCESSES_LISTED)
+        return cls(limit=limit)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CycleHistoryQuery(ProcessQuery):
+    """``admin/cycles``: a process's latest cycles, at most ``limit``."""
+
+    limit: int
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> CycleHistoryQuery:
+        fields = Fields(raw, what=QUERY)
+        return cls(
+            name=_name(fields, "name"),
+            version=fields.version("version"),
+            limit=_query_count(fields, "limit", default=20, maximum=limits.MAX_CYCLES_LISTED),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundStatsQuery(ProcessQuery):
+    """``admin/round-stats``: summaries of the completed rounds after round ``after``."""
+
+    after: int
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> RoundStatsQuery:
+        fields = Fields(raw, what=QUERY)
+        return cls(
+            name=_name(fields, "name"),
+            version=fields.version("version"),
+            after=fields.digits("after") or 0,
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeleteProcess:
     """One process, named by both ``name`` and ``version``: a deletion never guesses."""

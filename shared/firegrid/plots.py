@@ -1,75 +1,26 @@
-"""Per-round summaries of device metrics and LEAF's accuracy-vs-round plot.
+"""LEAF's accuracy-vs-round plot and table of the per-round summaries
+(``firegrid.domain.rounds``, re-exported here for the operator verbs and notebooks).
 
-The rows are ``GET admin/training-metrics``'s ``metrics`` list. matplotlib is
-imported only when drawing, and ``plot_accuracy`` renders through the Agg
-canvas directly, so it never changes pyplot's backend (a notebook keeps its
-inline one).
+matplotlib is imported only when drawing, and ``plot_accuracy`` renders through the
+Agg canvas directly, so it never changes pyplot's backend (a notebook keeps its inline
+one).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
+from firegrid.domain.rounds import RoundStat, round_stats
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+__all__ = ["Heldout", "RoundStat", "draw_accuracy", "format_table", "plot_accuracy", "round_stats"]
+
 Heldout = Sequence[tuple[int, float]]
 """(round, accuracy of that round's checkpoint on the held-out set)."""
-
-
-@dataclass(frozen=True)
-class RoundStat:
-    """What the devices reported on their local test sets for one cycle."""
-
-    round: int
-    devices: int
-    samples: int
-    weighted_accuracy: float
-    """sum(n_k * acc_k) / sum(n_k): LEAF's headline number, the accuracy over all test samples."""
-    p10: float
-    """10th percentile of per-device accuracy: how the worst-served devices fare."""
-    p90: float
-    mean_loss: float | None
-    """Sample-weighted over the devices that reported a loss; None when none did."""
-
-
-def _round_stat(round_: int, rows: list[Mapping[str, Any]]) -> RoundStat:
-    samples = np.array([row["num_samples"] for row in rows], dtype=np.float64)
-    accuracy = np.array([row["accuracy"] for row in rows], dtype=np.float64)
-    with_loss = [row for row in rows if row.get("loss") is not None]
-    mean_loss = None
-    if with_loss:
-        loss_weights = [row["num_samples"] for row in with_loss]
-        mean_loss = float(np.average([row["loss"] for row in with_loss], weights=loss_weights))
-    p10, p90 = np.percentile(accuracy, [10, 90])
-    return RoundStat(
-        round=round_,
-        devices=len({row["client_id"] for row in rows}),
-        samples=int(samples.sum()),
-        weighted_accuracy=float(np.average(accuracy, weights=samples)),
-        p10=float(p10),
-        p90=float(p90),
-        mean_loss=mean_loss,
-    )
-
-
-def round_stats(rows: Sequence[Mapping[str, Any]]) -> list[RoundStat]:
-    """One ``RoundStat`` per cycle with test-set metrics, in round order.
-
-    Train-set rows are left out: accuracy on the data a device just fitted
-    says little about the model.
-    """
-    by_round: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row.get("set", "test") == "test":
-            by_round[int(row["cycle_id"])].append(row)
-    return [_round_stat(round_, by_round[round_]) for round_ in sorted(by_round)]
 
 
 TABLE_HEADER = ("round", "devices", "samples", "weighted acc", "p10", "p90", "mean loss")

@@ -97,6 +97,10 @@ class ProcessRepository(Protocol):
 
     def training_processes(self) -> list[Process]: ...
 
+    def recent_processes(self, limit: int) -> list[Process]:
+        """The ``limit`` most recently hosted processes, in any status, newest first."""
+        ...
+
 
 WorkerChange = Callable[[Worker], "Worker | None"]
 CycleChange = Callable[[Cycle], "Cycle | None"]
@@ -134,6 +138,10 @@ class WorkerRepository(Protocol):
 
 class CycleRepository(Protocol):
     def get_cycle(self, process_id: str, seq: int) -> Cycle | None: ...
+
+    def recent_cycles(self, process_id: str, limit: int) -> list[Cycle]:
+        """The process's ``limit`` latest cycles, highest ``seq`` first."""
+        ...
 
     def update_cycle(self, process_id: str, seq: int, change: CycleChange) -> Cycle | None:
         """Apply ``change`` to the stored cycle atomically (re-applied on a concurrent write);
@@ -246,6 +254,13 @@ class MetricsRepository(Protocol):
     def add_metrics(self, process_id: str, rows: Sequence[Mapping[str, Any]]) -> int: ...
 
     def list_metrics(self, process_id: str) -> list[dict[str, Any]]: ...
+
+    def metrics_of_cycles(
+        self, process_id: str, first: int, last: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """At most ``limit`` rows of cycles ``first..last``, in cycle order (within a cycle,
+        by document id, which starts with the pseudonym)."""
+        ...
 
 
 class PushLog(Protocol):

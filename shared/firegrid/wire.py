@@ -10,6 +10,7 @@ logged and answered with a bare 500, never a traceback.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -21,8 +22,10 @@ from typing import Any, TypeVar
 
 import flask
 
+from firegrid.console import CONTENT_SECURITY_POLICY, Asset
 from firegrid.domain.acceptance import Rejection
 from firegrid.domain.aggregation import AggregationFailed
+from firegrid.domain.cycle import Cycle
 from firegrid.domain.errors import (
     BadRequest,
     Conflict,
@@ -39,6 +42,7 @@ from firegrid.services.context import Context
 from firegrid.services.cycles import TickReport
 from firegrid.services.results import (
     Authenticated,
+    CycleHistory,
     Deleted,
     Done,
     Empty,
@@ -46,8 +50,10 @@ from firegrid.services.results import (
     HostingUploads,
     MetricsTable,
     Offer,
+    Processes,
     ProcessReport,
     PushSent,
+    RoundsReport,
     SignedUrl,
     Stored,
     UploadGrant,
@@ -158,6 +164,16 @@ def render(result: Any) -> flask.Response:
 def _(result: bytes) -> flask.Response:
     response = flask.Response(result, mimetype="application/octet-stream")
     response.set_etag(hashlib.sha256(result).hexdigest())  # quoted, as HTTP defines ETags
+    return response
+
+
+@render.register
+def _(result: Asset) -> flask.Response:
+    response = flask.Response(result.body, content_type=result.content_type)
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-cache"
     return response
 
 
@@ -276,6 +292,7 @@ def _(result: ProcessReport) -> flask.Response:
             "epoch": cycle.epoch,
             "opened_at": _iso(cycle.opened_at),
             "deadline": _iso(cycle.deadline),
+            "seconds_left": result.seconds_left,
             "assigned": result.assigned,
             "reported": result.reported,
             "skipped": dict(cycle.skipped),
@@ -329,6 +346,63 @@ def _privacy(process: Process, epsilon: float | None) -> dict[str, Any] | None:
         "clip_norm": dp.clip_norm,
         "max_epsilon": dp.max_epsilon,
     }
+
+
+def _process_line(process: Process) -> dict[str, Any]:
+    config = process.server_config
+    return {
+        "process_id": process.id,
+        "name": process.name,
+        "version": process.version,
+        "status": process.status.value,
+        "current_cycle": process.current_cycle,
+        "latest_checkpoint": process.latest_checkpoint,
+        "aggregation": config.aggregation.value,
+        "mode": config.participation,
+        "created_at": _iso(process.created_at),
+    }
+
+
+@render.register
+def _(result: Processes) -> flask.Response:
+    return _json({"processes": [_process_line(process) for process in result.processes]})
+
+
+def _history_line(cycle: Cycle, process: Process) -> dict[str, Any]:
+    summary = cycle.summary
+    resets, extensions = cycle.expiries(process.server_config)
+    return {
+        "seq": cycle.seq,
+        "status": cycle.status.value,
+        "outcome": cycle.outcome,
+        "epoch": cycle.epoch,
+        "opened_at": _iso(cycle.opened_at),
+        "closed_at": _iso(summary.closed_at) if summary else None,
+        "duration_s": cycle.duration_s(),
+        "num_diffs": summary.num_diffs if summary else None,
+        "total_samples": summary.total_samples if summary else None,
+        "resets": resets,
+        "extensions": extensions,
+        "skipped": dict(cycle.skipped),
+        "aggregation_runs": cycle.aggregation_runs,
+    }
+
+
+@render.register
+def _(result: CycleHistory) -> flask.Response:
+    return _json({"cycles": [_history_line(cycle, result.process) for cycle in result.cycles]})
+
+
+@render.register
+def _(result: RoundsReport) -> flask.Response:
+    return _json(
+        {
+            "rounds": [dataclasses.asdict(stat) for stat in result.stats],
+            "through": result.through,
+            "completed": result.completed,
+            "more": result.through < result.completed,
+        }
+    )
 
 
 def metrics_csv(rows: Any) -> str:
@@ -394,13 +468,18 @@ def error_response(error: FireGridError) -> flask.Response:
 # -- dispatch -------------------------------------------------------------------------
 
 
+def route_path(request: flask.Request) -> str:
+    """The path the routes are keyed by: one leading slash, none trailing."""
+    return "/" + request.path.strip("/")
+
+
 def dispatch(
     request: flask.Request,
     routes: Routes,
     context: Callable[[], Context],
     guard: Callable[[Context, flask.Request], None] | None = None,
 ) -> flask.Response:
-    path = "/" + request.path.strip("/")
+    path = route_path(request)
     try:
         handler = routes.get((request.method, path))
         if handler is None:

@@ -252,6 +252,33 @@ def test_behind_iam_the_admin_api_needs_the_forwarded_identity_token(monkeypatch
         assert client.post(path, headers=forwarded).status_code == 200
 
 
+@pytest.mark.parametrize("iam", [False, True])
+def test_the_console_is_served_without_credentials_under_a_self_only_policy(
+    monkeypatch, app, iam: bool
+) -> None:
+    if iam:
+        settings = fake_settings(admin_token=None, admin_iam=True)
+        use(monkeypatch, make_context(settings=settings))
+    client = app("admin")
+    page = client.get("/console")
+
+    assert page.status_code == 200
+    assert page.content_type == "text/html; charset=utf-8"
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    html = page.get_data(as_text=True)
+    for reference, content_type in (
+        ("console/app.js", "text/javascript"),
+        ("console/style.css", "text/css"),
+    ):
+        assert f'"{reference}"' in html  # relative: it works under any prefix or proxy
+        asset = client.get(f"/{reference}")
+        assert asset.status_code == 200 and asset.content_type.startswith(content_type)
+    assert "<script>" not in html and "style=" not in html  # the policy allows neither
+    assert client.get("/processes").status_code == 401  # the data still needs credentials
+    assert client.post("/console").status_code == 405
+
+
 def test_with_the_bearer_token_admin_and_tick_answer(app) -> None:
     status = app("admin").get("/status?name=mnist", headers=ADMIN)
     tick = app("tick").post("/", headers=ADMIN)

@@ -63,9 +63,14 @@ def ticker(clean_stack: StackInfo) -> Iterator[None]:
     thread.join(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless chromium (Debian's, installed by scripts/dev.sh), driven by Playwright.
+
+    One per module, not per session: while Playwright's sync API is open it keeps an
+    asyncio loop running in this thread, and later tests that call ``asyncio.run`` (as
+    firebase-admin's FCM send does) would fail with "cannot be called from a running
+    event loop".
 
     Playwright's own browser download is never used: ``FIREGRID_CHROMIUM`` or
     ``chromium`` on the PATH is the browser.

@@ -161,6 +161,22 @@ def test_processes_are_found_by_name_and_version_and_deleted(repo: Repository) -
     assert repo.get_process("a") is None
 
 
+def test_recent_processes_lists_the_newest_hostings_first_in_any_status(
+    repo: Repository,
+) -> None:
+    hostings = [process(f"p{i}", version=f"{i}.0", created_at=T0 + timedelta(i)) for i in range(4)]
+    for hosting in hostings:
+        repo.create_hosting(hosting)
+    repo.start_training(hostings[1].started(), cycle("p1"))
+
+    newest = repo.recent_processes(3)
+
+    assert [p.id for p in newest] == ["p3", "p2", "p1"]
+    assert newest[2].status is ProcessStatus.TRAINING
+    assert newest[2].server_config == process().server_config
+    assert repo.recent_processes(10)[-1].id == "p0"
+
+
 def test_an_abandoned_hosting_is_taken_over_by_exactly_one_retry(repo: Repository) -> None:
     repo.create_hosting(process())
     later = T0 + timedelta(hours=1)
@@ -376,6 +392,26 @@ def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository
     stored = repo.get_process("p1")
     assert (stored.current_cycle, stored.latest_checkpoint) == (2, 2)
     assert stored.status is ProcessStatus.TRAINING
+
+
+def test_recent_cycles_lists_the_highest_seq_first_up_to_a_limit(repo: Repository) -> None:
+    hosted(repo)
+    summary = CycleSummary(num_diffs=1, total_samples=3, checkpoint_out=2, closed_at=T0)
+    for seq in range(1, 12):  # past 10, so that an order of seq as text would show
+        repo.update_cycle("p1", seq, lambda c: c.begin_closing(T0))
+        repo.update_cycle("p1", seq, lambda c: c.take_lease(T0, T0 + timedelta(1), "h"))
+        repo.complete_cycle(
+            "p1", seq, lambda c: c.complete("h", summary), cycle(seq=seq + 1),
+            lambda p, after=seq + 1: p.after_cycle(after, after),
+        )  # fmt: skip
+
+    latest = repo.recent_cycles("p1", 3)
+
+    assert [c.seq for c in latest] == [12, 11, 10]
+    assert latest[0].status is CycleStatus.OPEN
+    assert latest[1].summary == summary
+    assert [c.seq for c in repo.recent_cycles("p1", 20)] == list(range(12, 0, -1))
+    assert repo.recent_cycles("p2", 10) == []
 
 
 def test_the_last_cycle_completes_the_process(repo: Repository) -> None:
@@ -606,6 +642,30 @@ def test_metrics_rows_are_kept_one_per_client_cycle_and_set(repo: Repository) ->
         ("c1", "train"),
     ]
     assert rows[1]["accuracy"] == 0.75
+
+
+def test_metrics_of_cycles_reads_a_range_in_cycle_then_document_order_up_to_a_limit(
+    repo: Repository,
+) -> None:
+    row = {"accuracy": 0.5, "num_samples": 3, "set": "test"}
+    repo.add_metrics(
+        "p1",
+        [row | {"client_id": c, "cycle_id": n} for n in (1, 2, 3, 4) for c in ("cb", "ca")]
+        + [row | {"client_id": "ca", "cycle_id": 2, "set": "train"}],
+    )
+
+    rows = repo.metrics_of_cycles("p1", 2, 3, 100)
+    limited = repo.metrics_of_cycles("p1", 2, 3, 3)
+
+    assert [(r["cycle_id"], r["client_id"], r["set"]) for r in rows] == [
+        (2, "ca", "test"),
+        (2, "ca", "train"),
+        (2, "cb", "test"),
+        (3, "ca", "test"),
+        (3, "cb", "test"),
+    ]
+    assert limited == rows[:3]
+    assert repo.metrics_of_cycles("p2", 1, 4, 10) == []
 
 
 def test_a_push_is_claimed_once_and_listed_newest_first(repo: Repository) -> None:

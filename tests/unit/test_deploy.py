@@ -232,6 +232,8 @@ def test_each_function_is_staged_with_main_the_package_and_its_own_requirements(
         assert (out / "firegrid" / "services" / "devices.py").exists()
         for tooling in ("local", "commands", "client", "demo.py", "deploy.py"):
             assert not (out / "firegrid" / tooling).exists(), tooling
+    for asset in ("index.html", "app.js", "style.css"):  # the console, served by admin
+        assert (sources["admin"] / "firegrid" / "console" / asset).is_file(), asset
     admin = (sources["admin"] / "requirements.txt").read_text().splitlines()
     assert admin[0].startswith("--extra-index-url https://download.pytorch.org/whl/cpu")
     assert "torch==2.13.0" in admin
@@ -258,3 +260,11 @@ def test_requirements_are_pinned_to_the_versions_tested_here() -> None:
     assert f"numpy=={metadata.version('numpy')}" in lines.splitlines()
     assert f"pyjwt[crypto]=={metadata.version('pyjwt')}" in lines.splitlines()
     assert all("==" in line for line in lines.splitlines())
+
+
+def test_the_console_proxy_command_in_the_deploy_docs_uses_flags_gcloud_has() -> None:
+    lines = (DATA.parents[1] / "docs" / "deploy.md").read_text().splitlines()
+    command = shlex.split(next(line for line in lines if line.startswith("gcloud run services")))
+    flags = [arg[2:].split("=")[0] for arg in command if arg.startswith("--")]
+    assert command[:5] == ["gcloud", "run", "services", "proxy", "admin"]
+    assert flags and set(flags) <= _recorded_help()[("run", "services", "proxy")], flags

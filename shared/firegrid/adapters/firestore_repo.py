@@ -221,6 +221,15 @@ class FirestoreRepository:
         )
         return [codecs.process_from(s.id, s.to_dict() or {}) for s in query.stream()]
 
+    def recent_processes(self, limit: int) -> list[Process]:
+        query = (
+            self._db.collection("processes")
+            .order_by("created_at", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        found = [self._fresh(snap, self._known(snap.id)) for snap in query.stream()]
+        return [process for process in found if process is not None]
+
     # -- workers ----------------------------------------------------------
     def get_worker(self, worker_id: str) -> Worker | None:
         snap = self._worker_ref(worker_id).get()
@@ -279,6 +288,15 @@ class FirestoreRepository:
     def get_cycle(self, process_id: str, seq: int) -> Cycle | None:
         snap = self._cycle_ref(process_id, seq).get()
         return codecs.cycle_from(process_id, snap.to_dict() or {}) if snap.exists else None
+
+    def recent_cycles(self, process_id: str, limit: int) -> list[Cycle]:
+        query = (
+            self._process_ref(process_id)
+            .collection("cycles")
+            .order_by("seq", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        return [codecs.cycle_from(process_id, s.to_dict() or {}) for s in query.stream()]
 
     def update_cycle(
         self, process_id: str, seq: int, change: Callable[[Cycle], Cycle | None]
@@ -618,6 +636,20 @@ class FirestoreRepository:
         metrics = self._process_ref(process_id).collection("metrics")
         rows = [s.to_dict() for s in metrics.stream()]
         return sorted((r for r in rows if r), key=lambda r: (r["cycle_id"], r["client_id"]))
+
+    def metrics_of_cycles(
+        self, process_id: str, first: int, last: int, limit: int
+    ) -> list[dict[str, Any]]:
+        query = (
+            self._process_ref(process_id)
+            .collection("metrics")
+            .where(filter=FieldFilter("cycle_id", ">=", first))
+            .where(filter=FieldFilter("cycle_id", "<=", last))
+            .order_by("cycle_id")
+            .order_by(FieldPath.document_id())
+            .limit(limit)
+        )
+        return [row for row in (s.to_dict() for s in query.stream()) if row]
 
 
 def _count(query: Any) -> int:

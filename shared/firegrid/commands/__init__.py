@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "stack": "firegrid.commands.stack",
     "tick": "firegrid.commands.tick",
     "demo": "firegrid.commands.demo",
+    "console": "firegrid.commands.console",
     "deploy": "firegrid.commands.deploy",
     "metrics": "firegrid.commands.metrics",
     "simulate": "firegrid.commands.simulate",

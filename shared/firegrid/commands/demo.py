@@ -34,6 +34,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data, availability and training seed")
     parser.add_argument("--out", type=Path, default=Path("accuracy_vs_round.png"), help="plot file")
     parser.add_argument("--keep-stack", action="store_true", help="leave the stack running")
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="leave the stack running and print the operator console's URL",
+    )
     add_stack_dir(parser)
     parser.set_defaults(handler=demo_command)
 
@@ -70,7 +75,7 @@ def demo_command(args: argparse.Namespace) -> int:
     try:
         heldout, baseline = run_demo(stack, options_of(args))
     finally:
-        if started and not args.keep_stack:
+        if started and not (args.keep_stack or args.console):
             stop_stack(args.dir)
             print("stack stopped")
     final = heldout[-1][1]
@@ -78,6 +83,10 @@ def demo_command(args: argparse.Namespace) -> int:
         f"held-out accuracy {heldout[0][1]:.3f} -> {final:.3f} after {len(heldout) - 1} cycles; "
         f"centralised baseline {baseline:.3f}"
     )
+    if args.console:
+        from firegrid.commands.console import describe
+
+        print(describe(stack))
     if len(heldout) - 1 != args.cycles:
         raise CommandError(f"only {len(heldout) - 1} of {args.cycles} cycles completed")
     return 0

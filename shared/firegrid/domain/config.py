@@ -173,6 +173,11 @@ class ServerConfig:
     def requires_speed_test(self) -> bool:
         return self.minimum_upload_speed is not None or self.minimum_download_speed is not None
 
+    @property
+    def participation(self) -> str:
+        """``worker_participation_mode`` by name: ``sync`` (0) or ``async`` (1)."""
+        return "async" if self.worker_participation_mode == 1 else "sync"
+
     @classmethod
     def parse(cls, raw: object) -> ServerConfig:
         fields = _config_fields(raw, "server_config")

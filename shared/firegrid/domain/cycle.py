@@ -88,6 +88,28 @@ class Cycle:
         """The object name of the checkpoint this cycle trains from."""
         return self.model_object or blobs.checkpoint_object(self.process_id, self.seq)
 
+    @property
+    def outcome(self) -> str:
+        """How the cycle ended (``closed`` or ``failed``) or, until then, its status."""
+        return "closed" if self.status is CycleStatus.COMPLETED else self.status.value
+
+    def duration_s(self) -> float | None:
+        """From opening to the completion that closed it (None until completed)."""
+        if self.summary is None:
+            return None
+        return (self.summary.closed_at - self.opened_at).total_seconds()
+
+    def expiries(self, config: ServerConfig) -> tuple[int, int]:
+        """(resets, extensions): each deadline passed with too few diffs did what
+        ``on_expiry`` says (the count is kept in ``resets`` either way)."""
+        return (0, self.resets) if config.on_expiry == "extend" else (self.resets, 0)
+
+    def seconds_left(self, now: datetime) -> float | None:
+        """Until the deadline, never negative; None without one (the console's countdown)."""
+        if self.deadline is None:
+            return None
+        return max(0.0, (self.deadline - now).total_seconds())
+
     def holds_lease(self, holder: str) -> bool:
         return self.status is CycleStatus.CLOSING and self.closing_lease_holder == holder
 

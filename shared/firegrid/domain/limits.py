@@ -64,3 +64,10 @@ MAX_CPU_CORES = 65536
 MAX_METRIC_VALUE = 1e15
 """``loss`` and the timings of a metrics row."""
 MAX_STATS_PER_POST = 100
+
+MAX_PROCESSES_LISTED = 200
+"""``admin/processes``: processes listed by one call (newest first; default 50)."""
+MAX_CYCLES_LISTED = 100
+"""``admin/cycles``: cycles listed by one call (newest first; default 20)."""
+METRICS_PAGE_ROWS = 5000
+"""``admin/round-stats``: metric rows one call reads at most (a page of rounds)."""

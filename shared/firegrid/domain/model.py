@@ -59,6 +59,11 @@ class Process:
         return replace(self, latest_checkpoint=checkpoint_out, current_cycle=next_cycle)
 
     @property
+    def completed_cycles(self) -> int:
+        """Cycles closed so far: each made one checkpoint after the hosted one."""
+        return self.latest_checkpoint - 1
+
+    @property
     def hosting_retry_at(self) -> datetime:
         """When a hosting still unfinished is taken to have died half-way."""
         return self.created_at + HOSTING_STALE_AFTER

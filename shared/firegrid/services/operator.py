@@ -1,5 +1,6 @@
 """The operator API's read side, and the device metrics it reads: status, checkpoints,
-training metrics."""
+training metrics, and the console's listings (processes, cycle history, round summaries),
+each one bounded read."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ from firegrid.domain.diffs import payload_bytes
 from firegrid.domain.errors import BadRequest, NotFound
 from firegrid.domain.keys import pseudonym
 from firegrid.domain.model import Process
+from firegrid.domain.rounds import rounds_page
 from firegrid.services import pool
 from firegrid.services.context import Context
 from firegrid.services.lookups import known_worker, named_process, process_of
-from firegrid.services.results import MetricsTable, ProcessReport, SignedUrl, Stored
+from firegrid.services.results import (
+    CycleHistory,
+    MetricsTable,
+    Processes,
+    ProcessReport,
+    RoundsReport,
+    SignedUrl,
+    Stored,
+)
 from firegrid.services.signed import download
 
 
@@ -31,6 +41,7 @@ def status(ctx: Context, query: api.ProcessQuery) -> ProcessReport:
         if process.current_cycle > 1
         else None,
         epsilon=_epsilon(ctx, process),
+        seconds_left=cycle.seconds_left(ctx.clock.now()) if cycle else None,
     )
 
 
@@ -89,3 +100,26 @@ def _metric_row(client_id: str, process: Process, entry: api.MetricEntry) -> dic
 
 def training_metrics(ctx: Context, query: api.MetricsQuery) -> MetricsTable:
     return MetricsTable(rows=ctx.repo.list_metrics(named_process(ctx, query).id), csv=query.csv)
+
+
+def processes(ctx: Context, query: api.ProcessListing) -> Processes:
+    return Processes(ctx.repo.recent_processes(query.limit))
+
+
+def cycle_history(ctx: Context, query: api.CycleHistoryQuery) -> CycleHistory:
+    process = named_process(ctx, query)
+    return CycleHistory(process=process, cycles=ctx.repo.recent_cycles(process.id, query.limit))
+
+
+def round_summaries(ctx: Context, query: api.RoundStatsQuery) -> RoundsReport:
+    """The completed rounds after ``query.after``, from at most ``METRICS_PAGE_ROWS`` metric
+    rows: the console asks only for rounds it has not drawn yet, so a refresh reads the
+    rows of newly completed rounds, never the whole history."""
+    process = named_process(ctx, query)
+    last = process.completed_cycles
+    if query.after >= last:
+        return RoundsReport(stats=[], through=last, completed=last)
+    page_rows = limits.METRICS_PAGE_ROWS
+    rows = ctx.repo.metrics_of_cycles(process.id, query.after + 1, last, page_rows)
+    page = rounds_page(rows, after=query.after, last=last, full=len(rows) >= page_rows)
+    return RoundsReport(stats=page.stats, through=page.through, completed=last)

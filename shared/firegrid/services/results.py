@@ -9,6 +9,7 @@ from typing import Any
 
 from firegrid.domain.cycle import Cycle
 from firegrid.domain.model import Assignment, Process
+from firegrid.domain.rounds import RoundStat
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,34 @@ class ProcessReport:
     """The cycle before the current one: what its closing produced."""
     epsilon: float | None = None
     """``dp``: the privacy spent by the cycles that made the latest checkpoint."""
+    seconds_left: float | None = None
+    """Until the current cycle's deadline (None without one)."""
+
+
+@dataclass(frozen=True)
+class Processes:
+    """``admin/processes``: the newest processes."""
+
+    processes: Sequence[Process]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CycleHistory:
+    """``admin/cycles``: a process's latest cycles, newest first."""
+
+    process: Process
+    cycles: Sequence[Cycle]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundsReport:
+    """``admin/round-stats``: one page of round summaries."""
+
+    stats: Sequence[RoundStat]
+    through: int
+    """The last round accounted for: ask again with ``after`` = this for the next page."""
+    completed: int
+    """Cycles completed so far: the pages end at this round."""
 
 
 @dataclass(frozen=True, kw_only=True)
