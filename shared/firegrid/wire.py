@@ -196,15 +196,16 @@ def _(result: Offer) -> flask.Response:
         {
             "status": "accepted",
             "request_key": result.request_key,
-            "cycle_id": cycle.seq,
+            "cycle_id": cycle.seq if result.checkpoint is None else result.checkpoint,
             "model": process.name,
             "version": process.version,
             "model_id": process.id,
             "plans": dict(process.plans),
             "protocols": {},
             "client_config": dict(process.client_config),
-            "deadline": _iso(cycle.deadline),
+            "deadline": _iso(result.deadline),
         }
+        | ({} if result.checkpoint is None else {"checkpoint": result.checkpoint, "mode": "async"})
     )
 
 

@@ -35,6 +35,9 @@ class Offer:
     cycle: Cycle
     assignment: Assignment
     request_key: str
+    deadline: datetime | None
+    checkpoint: int | None = None
+    """Async: the checkpoint the worker trains from (None: a sync cycle's)."""
 
 
 @dataclass(frozen=True)
