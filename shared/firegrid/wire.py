@@ -390,6 +390,7 @@ def _(result: TickReport) -> flask.Response:
             "extended": result.extended,
             "redriven": result.redriven,
             "invited": result.invited,
+            "freed": result.freed,
             "failed": result.failed,
         }
     )

@@ -181,3 +181,14 @@ def test_async_keys_without_async_mode_are_a_400(api: Api) -> None:
     )
     assert response.status_code == 400
     assert "'buffer_size' applies to 'mode' 'async' only" in response.json()["error"]
+
+
+def test_the_tick_frees_an_abandoned_place_and_its_late_report_is_409(api: Api) -> None:
+    host(api, cycle_length=1, max_concurrency=1)
+    gone, offer = api.join()
+    assert api.cycle_request(api.authenticate())["reason"] == "concurrency_full"
+    wait_for(lambda: api.tick()["freed"], what="the place to be freed")
+    assert api.status()["buffering"]["places_taken"] == 0
+    late = api.report(gone, offer["request_key"])
+    assert late.status_code == 409 and late.json()["code"] == "assignment_dropped"
+    assert api.cycle_request(api.authenticate())["status"] == "accepted"
