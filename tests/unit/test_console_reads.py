@@ -37,7 +37,8 @@ def metric(client: str, cycle_id: int, accuracy: float, num_samples: int = 10) -
 def test_processes_are_listed_newest_first_with_what_the_console_shows(ctx, tiny) -> None:
     first = host(ctx, tiny)
     ctx.clock.advance(1)
-    body = host_body(tiny, aggregation="median", worker_participation_mode=1)
+    body = host_body(tiny, aggregation="mean", mode="async", buffer_size=2, max_concurrency=3)
+    del body["server_config"]["max_diffs"]
     body["client_config"]["version"] = "2.0"
     second = call(hosting.host_training, ctx, body)["process_id"]
 
@@ -59,7 +60,7 @@ def test_processes_are_listed_newest_first_with_what_the_console_shows(ctx, tiny
     }
     assert (listed[0]["version"], listed[0]["aggregation"], listed[0]["mode"]) == (
         "2.0",
-        "median",
+        "mean",
         "async",
     )
 

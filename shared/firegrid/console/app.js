@@ -204,8 +204,16 @@ function renderStatus(status) {
   const config = status.server_config;
   $("cycle-seq").textContent = cycle ? `#${cycle.seq}` : "";
   $("cycle-status").textContent = cycle ? `${cycle.status} (epoch ${cycle.epoch})` : "-";
-  $("places").textContent = cycle ? ofMax(cycle.assigned, config.max_workers) : "-";
-  $("reported").textContent = cycle ? ofMax(cycle.reported, config.max_diffs) : "-";
+  // Async (FedBuff): places are the process's (of max_concurrency), the cycle is the
+  // open buffer (of buffer_size).
+  const buffering = status.buffering;
+  if (buffering) {
+    $("places").textContent = ofMax(buffering.places_taken, buffering.max_concurrency);
+    $("reported").textContent = ofMax(buffering.buffered, buffering.buffer_size);
+  } else {
+    $("places").textContent = cycle ? ofMax(cycle.assigned, config.max_workers) : "-";
+    $("reported").textContent = cycle ? ofMax(cycle.reported, config.max_diffs) : "-";
+  }
   const skipped = cycle ? Object.entries(cycle.skipped) : [];
   $("skipped").textContent = skipped.length
     ? skipped.map(([reason, n]) => `${reason}: ${n}`).join(", ")
