@@ -548,7 +548,7 @@ export class ServerError extends Error {
 
 /** The device API (function ``model-centric``); ``baseUrl`` ends before the function name. */
 export class DeviceClient {
-  constructor(baseUrl, { inlineLimitBytes = 16 * 2 ** 20, fetch: fetchFn = globalThis.fetch } = {}) {
+  constructor(baseUrl, { inlineLimitBytes = 16 * 2 ** 20, fetch: fetchFn = (...args) => globalThis.fetch(...args) } = {}) {
     this.url = `${baseUrl.replace(/\/$/, "")}/model-centric`;
     this.inlineLimitBytes = inlineLimitBytes;
     this.fetch = fetchFn;
