@@ -204,6 +204,7 @@ def test_a_variant_not_hosted_is_a_clear_404(ctx: Context, tiny: tuple[State, by
         ({"variants": ["tfjs"]}, "'variants' must be a list of distinct names among ['layers']"),
         ({"variants": ["layers", "layers"]}, "distinct names"),
         ({"variants": "layers"}, "must be a list"),
+        ({"variants": [{}, ["layers"]]}, "must be a list"),
         (
             {"variants": ["layers"], "client_config": {"name": "m", "version": "1", "loss": "mse",
                                                         "optimizer": "adam"}},

@@ -59,7 +59,8 @@ def requested_variants(value: object) -> tuple[str, ...]:
     buildable = sorted(name for name, variant in VARIANTS.items() if variant.built_at_hosting)
     if (
         not isinstance(value, list)
-        or len(set(map(str, value))) != len(value)
+        or not all(isinstance(name, str) for name in value)
+        or len(set(value)) != len(value)
         or not set(value) <= set(buildable)
     ):
         raise BadRequest(

@@ -138,6 +138,8 @@ function windowed(inShape, kernel, stride, padding) {
   return { channels, height, width, outHeight, outWidth };
 }
 
+// Forward and backward walk the same loop nest, spelled out in each: a shared walker
+// would cost a function call per multiply-add in the hot loop.
 function conv2d(layer, params) {
   const weight = params.get(layer.weight);
   const bias = layer.bias ? params.get(layer.bias) : null;
