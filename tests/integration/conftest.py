@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -63,18 +62,22 @@ def ticker(clean_stack: StackInfo) -> Iterator[None]:
     thread.join(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless chromium (Debian's, installed by scripts/dev.sh), driven by Playwright.
+
+    One per test module, not per session: while Playwright's sync API runs, the main
+    thread holds its event loop, so any later test calling ``asyncio.run`` (firebase-admin's
+    FCM sends do) would fail.
 
     Playwright's own browser download is never used: ``FIREGRID_CHROMIUM`` or
     ``chromium`` on the PATH is the browser.
     """
-    import shutil
-
     from playwright.sync_api import sync_playwright
 
-    executable = shutil.which(os.environ.get("FIREGRID_CHROMIUM", "chromium"))
+    from firegrid.local.web_page import chromium_executable
+
+    executable = chromium_executable()
     if executable is None:
         pytest.fail("the browser tests need chromium: `bash scripts/dev.sh test` installs it")
     with sync_playwright() as playwright:
