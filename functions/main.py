@@ -93,7 +93,8 @@ def _admin_guard(ctx: Context, request: flask.Request) -> None:
 
 @functions_framework.http
 def model_centric(request: flask.Request) -> flask.Response:
-    return wire.dispatch(request, DEVICE_ROUTES, context)
+    """The device API; browsers call it from their app's origin (CORS)."""
+    return wire.dispatch(request, DEVICE_ROUTES, context, cors=True)
 
 
 @functions_framework.http

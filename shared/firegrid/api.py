@@ -21,6 +21,7 @@ from firegrid.domain.config import ClientConfig, ServerConfig
 from firegrid.domain.errors import BadRequest
 from firegrid.domain.fields import Fields
 from firegrid.domain.push import PushType
+from firegrid.domain.variants import LAYERS, check_layers_recipe, requested_variants, served_variant
 
 QUERY = "the query"
 
@@ -122,7 +123,7 @@ class ModelDownload(Keyed):
 class PlanDownload(Keyed):
     plan_id: str
     variant: str
-    """``receive_operations_as``; ``torch`` by default."""
+    """``receive_operations_as``: a name of ``domain.variants.VARIANTS``; ``torch`` by default."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> PlanDownload:
@@ -131,7 +132,7 @@ class PlanDownload(Keyed):
             worker_id=_worker_id(fields),
             request_key=_required_key(fields, "request_key"),
             plan_id=_required_key(fields, "plan_id"),
-            variant=_key(fields, "receive_operations_as") or "torch",
+            variant=served_variant(_key(fields, "receive_operations_as")),
         )
 
 
@@ -302,6 +303,8 @@ class HostTraining:
     """Plan name -> ``torch.export`` program carried inline; empty when uploaded."""
     plan_names: tuple[str, ...]
     """The plans hosted, ``training_plan`` among them."""
+    variants: tuple[str, ...]
+    """Variants besides ``torch`` that hosting builds from each plan (``layers``)."""
     client_config: ClientConfig
     server_config: ServerConfig
 
@@ -311,6 +314,9 @@ class HostTraining:
         client_config = ClientConfig.parse(fields.raw.get("client_config"))
         server_config = ServerConfig.parse(fields.raw.get("server_config"))
         plans = fields.raw.get("plans")
+        variants = requested_variants(fields.raw.get("variants"))
+        if LAYERS in variants:
+            check_layers_recipe(client_config.raw)
         if fields.flag("uploaded"):
             if fields.present("model"):
                 raise BadRequest("send either 'model' or 'uploaded', not both", "invalid_field")
@@ -318,6 +324,7 @@ class HostTraining:
                 model=None,
                 plans={},
                 plan_names=_named_plans(plans),
+                variants=variants,
                 client_config=client_config,
                 server_config=server_config,
             )
@@ -330,6 +337,7 @@ class HostTraining:
             model=model,
             plans={name: encoded.base64(name) for name in names},
             plan_names=names,
+            variants=variants,
             client_config=client_config,
             server_config=server_config,
         )

@@ -32,14 +32,18 @@ class OperatorClient(FunctionClient):
         client_config: Mapping[str, Any],
         server_config: Mapping[str, Any],
         *,
+        variants: tuple[str, ...] = (),
         inline_limit_bytes: int = INLINE_HOSTING_BYTES,
     ) -> str:
         """Host a model; above ``inline_limit_bytes`` the model and plans are uploaded first
-        (``hosting-upload-urls``) and ``host-training`` names them."""
+        (``hosting-upload-urls``) and ``host-training`` names them. ``variants``: the plan
+        variants hosting builds besides ``torch`` (``layers`` for browsers)."""
         body: dict[str, Any] = {
             "client_config": dict(client_config),
             "server_config": dict(server_config),
         }
+        if variants:
+            body["variants"] = list(variants)
         if len(model) + sum(map(len, plans.values())) <= inline_limit_bytes:
             body["model"] = base64.b64encode(model).decode()
             body["plans"] = {name: base64.b64encode(data).decode() for name, data in plans.items()}

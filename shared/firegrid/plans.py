@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 _LOAD_LOCK = threading.Lock()
 
 
-def _load_program(data: bytes) -> torch.export.ExportedProgram:
+def load_program(data: bytes) -> torch.export.ExportedProgram:
     import torch
 
     with _LOAD_LOCK:
@@ -52,7 +52,7 @@ def state_of(module: torch.nn.Module) -> dict[str, npt.NDArray[Any]]:
 
 def load_plan(data: bytes) -> torch.nn.Module:
     """The trainable module of a plan (for trusted plan bytes only)."""
-    return _load_program(data).module()
+    return load_program(data).module()
 
 
 def validate_plan(data: bytes, model: Mapping[str, npt.NDArray[Any]], name: str) -> None:
@@ -60,7 +60,7 @@ def validate_plan(data: bytes, model: Mapping[str, npt.NDArray[Any]], name: str)
     import torch
 
     try:
-        program = _load_program(data)
+        program = load_program(data)
     except Exception as exc:  # torch raises many types for a bad archive
         raise BadRequest(
             f"plan '{name}' is not a torch.export program: {exc}", "invalid_plan"

@@ -492,17 +492,61 @@ def route_path(request: flask.Request) -> str:
     return "/" + request.path.strip("/")
 
 
+CORS_MAX_AGE_S = 3600
+
+
 def dispatch(
     request: flask.Request,
     routes: Routes,
     context: Callable[[], Context],
     guard: Callable[[Context, flask.Request], None] | None = None,
+    *,
+    cors: bool = False,
 ) -> flask.Response:
+    """The route's answer; with ``cors``, readable by pages of any origin (browser devices).
+
+    ``*`` without credentials is safe here: the device API authenticates by the worker id
+    and request key a call carries, never by cookies, so another origin's page learns
+    nothing it did not send.
+    """
     path = route_path(request)
+    if cors and request.method == "OPTIONS":
+        response = _preflight(path, routes)
+    else:
+        response = _answer(request, path, routes, context, guard)
+    if cors:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Expose-Headers"] = "ETag"
+    return response
+
+
+def _methods(routes: Routes, path: str) -> list[str]:
+    return sorted({method for method, route_path in routes if route_path == path})
+
+
+def _preflight(path: str, routes: Routes) -> flask.Response:
+    """A CORS preflight: the path's methods and the one header a JSON call needs."""
+    allowed = _methods(routes, path)
+    if not allowed:
+        return error_response(NotFound(f"No such endpoint: {path}", "not_found"))
+    response = flask.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = ", ".join(allowed)
+    response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+    response.headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE_S)
+    return response
+
+
+def _answer(
+    request: flask.Request,
+    path: str,
+    routes: Routes,
+    context: Callable[[], Context],
+    guard: Callable[[Context, flask.Request], None] | None,
+) -> flask.Response:
     try:
         handler = routes.get((request.method, path))
         if handler is None:
-            allowed = sorted({method for method, route_path in routes if route_path == path})
+            allowed = _methods(routes, path)
             if allowed:
                 refused = error_response(
                     MethodNotAllowed(

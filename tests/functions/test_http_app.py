@@ -193,6 +193,50 @@ def test_a_wrong_method_is_405(app, method, path) -> None:
     assert response.headers["Allow"] == "POST"  # RFC 9110: a 405 names what is allowed
 
 
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [("/report", "POST"), ("/get-plan", "GET"), ("/speed-test", "GET, POST")],
+)
+def test_the_device_api_answers_a_browsers_cors_preflight(app, path, methods) -> None:
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+
+    response = app("model_centric").open(path, method="OPTIONS", headers=preflight)
+
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Methods"] == methods
+    assert response.headers["Access-Control-Allow-Headers"] == "Content-Type"
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_every_device_answer_errors_included_is_readable_cross_origin(app, ctx, tiny) -> None:
+    host(ctx, tiny)
+    device = app("model_centric")
+    origin = {"Origin": "http://app.example"}
+
+    answers = [
+        device.post("/authenticate", json={"model_name": "mnist"}, headers=origin),
+        device.post("/authenticate", json={"model_name": "nope"}, headers=origin),
+        device.open("/no-such-endpoint", method="OPTIONS", headers=origin),
+    ]
+
+    assert [a.status_code for a in answers] == [200, 404, 404]
+    assert {a.headers["Access-Control-Allow-Origin"] for a in answers} == {"*"}
+    assert answers[0].headers["Access-Control-Expose-Headers"] == "ETag"
+
+
+def test_the_admin_api_is_not_open_to_other_origins(app) -> None:
+    origin = {"Origin": "http://app.example"} | ADMIN
+
+    answers = [
+        app("admin").open("/status", method="OPTIONS", headers=origin),
+        app("admin").get("/status?name=x&version=1", headers=origin),
+    ]
+
+    assert [a.status_code for a in answers] == [405, 404]
+    assert not any("Access-Control-Allow-Origin" in a.headers for a in answers)
+
+
 def test_an_unhandled_exception_is_a_bare_500_without_a_traceback(ctx, app) -> None:
     def broken(name, version):
         raise RuntimeError("secret-detail in /srv/firegrid/repo.py line 12")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -75,11 +74,11 @@ def browser() -> Iterator[Browser]:
     Playwright's own browser download is never used: ``FIREGRID_CHROMIUM`` or
     ``chromium`` on the PATH is the browser.
     """
-    import shutil
-
     from playwright.sync_api import sync_playwright
 
-    executable = shutil.which(os.environ.get("FIREGRID_CHROMIUM", "chromium"))
+    from firegrid.local.web_page import chromium_executable
+
+    executable = chromium_executable()
     if executable is None:
         pytest.fail("the browser tests need chromium: `bash scripts/dev.sh test` installs it")
     with sync_playwright() as playwright:

@@ -77,6 +77,7 @@ def process(pid: str = "p1", *, name: str = "mnist", version: str = "1.0", **kw:
         },
         "plans": {"training_plan": "training_plan"},
         "plan_sizes": {"training_plan": 1234},
+        "variant_sizes": {"layers": {"training_plan": 567}},
         "created_at": T0,
     }
     return Process(**(fields | kw))

@@ -42,6 +42,7 @@ def process_doc(process: Process) -> Document:
         "schema": json.dumps(schema_to_dict(process.schema)),
         "plans": dict(process.plans),
         "plan_sizes": dict(process.plan_sizes),
+        "variant_sizes": {name: dict(sizes) for name, sizes in process.variant_sizes.items()},
         "created_at": process.created_at,
     }
 
@@ -87,6 +88,7 @@ def process_from(process_id: str, data: Document) -> Process:
         schema=schema_from_dict(json.loads(data["schema"])),
         plans=data.get("plans") or {},
         plan_sizes=data.get("plan_sizes") or {},
+        variant_sizes=data.get("variant_sizes") or {},
         created_at=data["created_at"],
     )
 

@@ -6,6 +6,7 @@ Worker ids are credentials, so object names carry their pseudonym, never the id.
 from __future__ import annotations
 
 from firegrid.domain.keys import pseudonym
+from firegrid.domain.variants import TORCH, VARIANTS
 
 SCRATCH_SUFFIX = ".scratch"
 """Ends the name of every object that is garbage a few days after it is written (device
@@ -31,8 +32,8 @@ def optimizer_state_object(process_id: str, number: int, attempt: str) -> str:
     return f"processes/{process_id}/optimizer/{number}-{attempt}.safetensors"
 
 
-def plan_object(process_id: str, plan_name: str) -> str:
-    return f"processes/{process_id}/plans/{plan_name}.pt2"
+def plan_object(process_id: str, plan_name: str, variant: str = TORCH) -> str:
+    return f"processes/{process_id}/plans/{plan_name}{VARIANTS[variant].suffix}"
 
 
 def diff_object(process_id: str, seq: int, worker_id: str, epoch: int, attempt: str) -> str:

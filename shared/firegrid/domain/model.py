@@ -14,7 +14,8 @@ from typing import Any
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.diffs import Schema
-from firegrid.domain.errors import Conflict
+from firegrid.domain.errors import Conflict, NotFound
+from firegrid.domain.variants import TORCH
 
 HOSTING_STALE_AFTER = timedelta(minutes=10)
 """A process still ``hosting`` this long after its creation was left by an instance that
@@ -42,7 +43,25 @@ class Process:
     """Plan name -> plan id."""
     plan_sizes: Mapping[str, int] = field(default_factory=dict)
     """Plan name -> bytes (to choose between inline and a signed URL)."""
+    variant_sizes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Variant -> plan name -> bytes, for the variants built at hosting besides ``torch``
+    (``domain.variants``)."""
     created_at: datetime
+
+    def plan_size(self, plan_id: str, variant: str) -> int:
+        """The size of a plan in a variant; ``NotFound`` for a plan or a variant not hosted."""
+        if plan_id not in self.plans:
+            raise NotFound("Plan ID not found!", "unknown_plan")
+        if variant == TORCH:
+            return self.plan_sizes.get(plan_id, 0)
+        hosted = self.variant_sizes.get(variant, {})
+        if plan_id not in hosted:
+            raise NotFound(
+                f"Model '{self.name}' version '{self.version}' was hosted without the "
+                f"'{variant}' variant of its plans (host it with variants: ['{variant}'])",
+                "variant_not_hosted",
+            )
+        return hosted[plan_id]
 
     def started(self) -> Process:
         """Hosted (checkpoint 1 and the plans stored): cycle 1 opens."""

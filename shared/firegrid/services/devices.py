@@ -225,17 +225,11 @@ def get_model(ctx: Context, request: api.ModelDownload) -> bytes | SignedUrl:
 
 
 def get_plan(ctx: Context, request: api.PlanDownload) -> bytes | SignedUrl:
-    place = _place(ctx, _grant(ctx, request))
-    if request.variant != "torch":
-        raise BadRequest(
-            f"receive_operations_as '{request.variant}' is not available; use 'torch'",
-            "unsupported_plan_format",
-        )
-    if request.plan_id not in place.process.plans:
-        raise NotFound("Plan ID not found!", "unknown_plan")
-    size = place.process.plan_sizes.get(request.plan_id, 0)
-    name = blobs.plan_object(place.process.id, request.plan_id)
-    return download(ctx, place.process, name, size)
+    """The plan in the variant the device executes (``receive_operations_as``)."""
+    process = _place(ctx, _grant(ctx, request)).process
+    size = process.plan_size(request.plan_id, request.variant)
+    name = blobs.plan_object(process.id, request.plan_id, request.variant)
+    return download(ctx, process, name, size)
 
 
 def report_upload_url(ctx: Context, request: api.Keyed) -> UploadGrant:

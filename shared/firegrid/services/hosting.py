@@ -20,6 +20,7 @@ from firegrid.domain.errors import BadRequest, Conflict, NotFound
 from firegrid.domain.fields import is_reserved_name
 from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
+from firegrid.domain.variants import LAYERS
 from firegrid.manifest import aggregation_memory_bytes
 from firegrid.services.context import Context
 from firegrid.services.results import Deleted, Hosted, HostingUploads
@@ -124,6 +125,7 @@ def _host(
     schema = schema_of(model)
     check_aggregation_fits(schema, server_config, aggregation_memory_bytes())
     plans = _validate_plans(plan_bytes, model)
+    built = _build_variants(plans, model, request.variants)
     del model  # only the bytes are stored: the decoded copy need not outlive validation
 
     existing = ctx.repo.get_process(process_id)
@@ -144,6 +146,10 @@ def _host(
         schema=schema,
         plans={name: name for name in plans},
         plan_sizes={name: len(data) for name, data in plans.items()},
+        variant_sizes={
+            variant: {name: len(data) for name, data in variant_plans.items()}
+            for variant, variant_plans in built.items()
+        },
         created_at=ctx.clock.now(),
     )
     if existing is None:
@@ -154,6 +160,9 @@ def _host(
         ctx.blobs.put(blobs.checkpoint_object(process_id, 1), model_bytes)
         for name, data in plans.items():
             ctx.blobs.put(blobs.plan_object(process_id, name), data)
+        for variant, variant_plans in built.items():
+            for name, data in variant_plans.items():
+                ctx.blobs.put(blobs.plan_object(process_id, name, variant), data)
         ctx.repo.start_training(process.started(), *opening_cycles(process, ctx))
     except Exception:
         ctx.blobs.delete_prefix(blobs.process_prefix(process_id))
@@ -238,3 +247,17 @@ def _validate_plans(plans: Mapping[str, bytes], model: Mapping[str, Any]) -> dic
     for name, data in plans.items():
         validate_plan(data, model, name)
     return dict(plans)
+
+
+def _build_variants(
+    plans: Mapping[str, bytes], model: Mapping[str, Any], variants: tuple[str, ...]
+) -> dict[str, dict[str, bytes]]:
+    """Each requested variant of every plan, built from its ``torch`` program and checked
+    against the model (only ``layers`` is built at hosting)."""
+    from firegrid.layer_plans import layers_variant  # imports torch: hosting only
+
+    build = {LAYERS: layers_variant}
+    return {
+        variant: {name: build[variant](data, model, name) for name, data in plans.items()}
+        for variant in variants
+    }
