@@ -3,7 +3,8 @@
 Each device is a ``firegrid.client.device.Device`` speaking HTTP. Accepted
 devices train and report, unless they drop out (``dropout``) or are slow
 (``slow_fraction``, reporting ``slow_delay_s`` later, possibly after the
-deadline). Concurrency is bounded. Two ways to decide when a device asks:
+deadline); every device may add a ``latency_s``. Concurrency is bounded. Two
+ways to decide when a device asks:
 
 * push (with an inbox): devices register an FCM token and act on pushes only:
   ``request_for_cycle``, ``cycle_completed`` and ``cycle_reset`` make an online
@@ -56,6 +57,9 @@ class SimulationConfig:
     """Fraction of devices that are slow."""
     slow_delay_s: float = 2.0
     """Extra seconds a slow device takes before reporting."""
+    latency_s: float = 0.0
+    """Seconds every device adds before reporting: a phone trains and uploads slower than
+    this machine's CPU, and the stragglers' effect depends on the ratio."""
     poll_s: float = 0.25
     """Pause between waves."""
     time_limit_s: float = 600.0
@@ -254,7 +258,7 @@ class Simulator:
             return sim.device.train_and_report(
                 reply,
                 drop=self._drops_out(sim, reply.cycle_id),
-                delay_s=self.config.slow_delay_s if sim.slow else 0.0,
+                delay_s=self.config.latency_s + (self.config.slow_delay_s if sim.slow else 0.0),
             )
         except (ServerError, requests.RequestException) as error:
             log.warning("device %s: %s", sim.device.worker_id, error)

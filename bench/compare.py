@@ -1,0 +1,175 @@
+"""Strategies compared (issue 12): wall time to 90% held-out accuracy on the digits task
+with 20% slow devices, for synchronous FedAvg, synchronous FedAdam, asynchronous FedBuff
+and FedAvg with differential privacy.
+
+    python -m bench.compare [--cycles 20] [--only NAME ...] [--out FILE] [--plot FILE]
+    firegrid bench compare ...
+
+Every setting is a ``firegrid demo`` run (``firegrid.demo.run_demo``) on one local stack
+started here and stopped by PID at the end, with the same seed: the same 50 devices, the
+same shards (Dirichlet alpha 0.5), the same slow devices (20%, each adding ``SLOW_DELAY_S``
+to the ``LATENCY_S`` every device adds to its training and upload), always online, no
+drop-outs, so speed is the only difference between devices.
+
+Fair by the same number of device updates: a sync cycle aggregates its 10 places' diffs
+(the closing waits for all of them, as synchronous FedAvg does, so a cohort with a slow
+device waits for it), FedBuff aggregates every K = 5 reports with 10 devices training at
+once, and runs twice as many checkpoints: 200 device updates each. Wall time is seconds
+from the start of training until a checkpoint appears in ``admin/status`` (polled every
+0.1 s); accuracy is that checkpoint's on 359 held-out digits no device trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from bench._common import RESULTS, write_results
+from firegrid.demo import (
+    DemoOptions,
+    DemoRun,
+    Mode,
+    Privacy,
+    Scored,
+    Strategy,
+    run_demo,
+    server_config,
+)
+
+PLOT = Path(__file__).parents[1] / "docs" / "comparison.png"
+TARGET = 0.9
+LATENCY_S = 0.5
+SLOW_DELAY_S = 2.5
+"""A slow device takes 0.5 + 2.5 s more than its training; a fast one 0.5 s more: with
+training and HTTP (~0.3-1 s under load) slow devices take 3-4x as long."""
+PRIVACY = Privacy(clip_norm=1.0, noise_multiplier=0.5, delta=1e-3)
+"""Clip near the diffs' median L2 norm (1.2 measured); noise 0.5: epsilon about 21 after 20
+cycles at sampling rate 10/50 (dp-accounting); 1.0 (epsilon 5) left FedAvg below 0.7."""
+
+
+def base_options(cycles: int) -> DemoOptions:
+    return DemoOptions(
+        devices=50,
+        cycles=cycles,
+        online=1.0,
+        dropout=0.0,
+        slow=0.2,
+        latency=LATENCY_S,
+        slow_delay=SLOW_DELAY_S,
+        cycle_length=30.0,
+        places=10,
+        close_fraction=1.0,
+        buffer_size=5,
+        max_staleness=10,
+        concurrency=12,
+        seed=0,
+        out=None,
+    )
+
+
+def settings(cycles: int) -> dict[str, DemoOptions]:
+    """Each setting's options: the same base, one difference each."""
+    base = base_options(cycles)
+    places, buffer_size = base.places or 1, base.buffer_size or 1
+    return {
+        "FedAvg (sync)": base,
+        "FedAdam (sync)": dataclasses.replace(base, strategy=Strategy.FEDADAM),
+        "FedBuff (async)": dataclasses.replace(
+            base, mode=Mode.ASYNC, cycles=cycles * places // buffer_size
+        ),
+        "FedAvg + DP (sync)": dataclasses.replace(base, dp=PRIVACY),
+    }
+
+
+def time_to_accuracy(heldout: Sequence[Scored], target: float) -> float | None:
+    """Wall seconds until the first checkpoint at or above ``target``; None if none was."""
+    return next((scored.wall_s for scored in heldout if scored.accuracy >= target), None)
+
+
+def row(name: str, options: DemoOptions, run: DemoRun) -> dict[str, Any]:
+    last = run.heldout[-1]
+    return {
+        "setting": name,
+        "server_config": server_config(options),
+        "time_to_90_s": time_to_accuracy(run.heldout, TARGET),
+        "final_accuracy": last.accuracy,
+        "best_accuracy": max(scored.accuracy for scored in run.heldout),
+        "checkpoints": last.checkpoint,
+        "wall_s": last.wall_s,
+        "device_updates": run.summary.outcomes.get("reported", 0),
+        "late_or_stale": run.summary.outcomes.get("late", 0),
+        "epsilon": run.epsilon,
+        "heldout": [dataclasses.astuple(scored) for scored in run.heldout],
+    }
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The README's table: one line per setting."""
+    lines = [
+        "| setting | time to 90% | final accuracy | checkpoints | device updates | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['setting']} | not run: {r['error']} | | | | |")
+            continue
+        reached = "not reached" if r["time_to_90_s"] is None else f"{r['time_to_90_s']:.1f} s"
+        epsilon = "" if r["epsilon"] is None else f" (epsilon {r['epsilon']:.1f})"
+        lines.append(
+            f"| {r['setting']}{epsilon} | {reached} | {r['final_accuracy']:.3f} | "
+            f"{r['checkpoints']} | {r['device_updates']} | {r['wall_s']:.1f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from firegrid.functions_client import ServerError
+    from firegrid.local.stack import start_stack, stop_stack
+    from firegrid.plots import plot_accuracy_vs_time
+
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
+    parser.add_argument("--cycles", type=int, default=20, help="sync cycles (default 20)")
+    parser.add_argument("--only", nargs="+", help="run only these settings (names as listed)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "compare.json")
+    parser.add_argument("--plot", type=Path, default=PLOT)
+    args = parser.parse_args(argv)
+    chosen = {
+        name: options
+        for name, options in settings(args.cycles).items()
+        if not args.only or name in args.only
+    }
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with TemporaryDirectory(prefix="firegrid-compare-") as directory:
+        stack = start_stack(Path(directory), tick_seconds=1)
+        try:
+            for name, options in chosen.items():
+                print(f"== {name}", flush=True)
+                try:
+                    rows.append(row(name, options, run_demo(stack, options)))
+                except ServerError as refused:  # e.g. a server without async mode
+                    print(f"{name}: not run: {refused.message}", file=sys.stderr)
+                    rows.append({"setting": name, "error": refused.message})
+        finally:
+            stop_stack(Path(directory))
+    print(table(rows))
+    curves = {r["setting"]: [(t, a) for _, t, a in r["heldout"]] for r in rows if "heldout" in r}
+    plot_accuracy_vs_time(
+        curves, args.plot, title="digits, 50 devices, 20% slow: 200 device updates each",
+        target=TARGET,
+    )  # fmt: skip
+    print(f"wrote {args.plot}")
+    method = {"target": TARGET, "latency_s": LATENCY_S, "slow_delay_s": SLOW_DELAY_S,
+              "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+    write_results(args.out, {"method": method, "rows": rows})
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The strategies comparison (``python -m bench.compare``): its time to 90%, its fairness
+(same devices, same seed, same number of device updates), its table and its plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.compare import settings, table, time_to_accuracy
+from firegrid.demo import Mode, Scored
+from firegrid.plots import plot_accuracy_vs_time
+
+CURVE = [Scored(1, 0.0, 0.1), Scored(2, 4.0, 0.85), Scored(3, 9.5, 0.9), Scored(4, 12.0, 0.95)]
+
+
+def test_time_to_accuracy_is_the_wall_time_of_the_first_checkpoint_at_the_target() -> None:
+    assert time_to_accuracy(CURVE, 0.9) == 9.5  # reaching it exactly counts
+    assert time_to_accuracy(CURVE, 0.8) == 4.0
+    assert time_to_accuracy(CURVE, 0.05) == 0.0
+
+
+def test_a_dip_after_reaching_the_target_does_not_move_the_time() -> None:
+    dipping = [Scored(1, 0.0, 0.1), Scored(2, 3.0, 0.92), Scored(3, 6.0, 0.7)]
+
+    assert time_to_accuracy(dipping, 0.9) == 3.0
+
+
+def test_a_target_never_reached_has_no_time() -> None:
+    assert time_to_accuracy(CURVE, 0.96) is None
+    assert time_to_accuracy([], 0.5) is None
+
+
+def test_every_setting_gets_the_same_devices_and_the_same_number_of_updates() -> None:
+    chosen = settings(cycles=20)
+    sync = chosen["FedAvg (sync)"]
+
+    for options in chosen.values():
+        assert (options.devices, options.seed, options.slow) == (50, 0, 0.2)
+        assert (options.latency, options.slow_delay) == (sync.latency, sync.slow_delay)
+        assert (options.online, options.dropout) == (1.0, 0.0)
+        per_checkpoint = options.places if options.mode is Mode.SYNC else options.buffer_size
+        assert options.cycles * (per_checkpoint or 0) == 200
+    assert chosen["FedBuff (async)"].mode is Mode.ASYNC
+    assert chosen["FedAvg + DP (sync)"].dp is not None
+    assert sync.close_fraction == 1.0  # a synchronous cycle waits for its stragglers
+
+
+def test_the_table_shows_times_accuracies_epsilon_and_settings_not_run() -> None:
+    rows = [
+        {"setting": "FedAvg (sync)", "time_to_90_s": 28.8, "final_accuracy": 0.93,
+         "checkpoints": 21, "device_updates": 200, "wall_s": 80.1, "epsilon": None},
+        {"setting": "FedAvg + DP (sync)", "time_to_90_s": None, "final_accuracy": 0.85,
+         "checkpoints": 21, "device_updates": 200, "wall_s": 81.0, "epsilon": 21.2},
+        {"setting": "FedBuff (async)", "error": "unknown key 'mode'"},
+    ]  # fmt: skip
+
+    lines = table(rows).splitlines()
+
+    assert lines[2] == "| FedAvg (sync) | 28.8 s | 0.930 | 21 | 200 | 80.1 s |"
+    assert lines[3].startswith("| FedAvg + DP (sync) (epsilon 21.2) | not reached | 0.850 |")
+    assert lines[4] == "| FedBuff (async) | not run: unknown key 'mode' | | | | |"
+
+
+def test_the_plot_is_a_small_png(tmp_path: Path) -> None:
+    curves = {"a": [(0.0, 0.1), (5.0, 0.9)], "b": [(0.0, 0.1), (2.0, 0.5), (9.0, 0.95)]}
+
+    out = plot_accuracy_vs_time(curves, tmp_path / "docs" / "c.png", title="t", target=0.9)
+
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG") and 10_000 < len(data) < 200_000
