@@ -3,6 +3,7 @@ with 20% slow devices, for synchronous FedAvg, synchronous FedAdam, asynchronous
 and FedAvg with differential privacy.
 
     python -m bench.compare [--cycles 20] [--only NAME ...] [--out FILE] [--plot FILE]
+    python -m bench.compare --quick      # 3 cycles each: a smoke run, not figures
     firegrid bench compare ...
 
 Every setting is a ``firegrid demo`` run (``firegrid.demo.run_demo``) on one local stack
@@ -135,13 +136,14 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
     parser.add_argument("--cycles", type=int, default=20, help="sync cycles (default 20)")
+    parser.add_argument("--quick", action="store_true", help="3 cycles each (smoke run)")
     parser.add_argument("--only", nargs="+", help="run only these settings (names as listed)")
     parser.add_argument("--out", type=Path, default=RESULTS / "compare.json")
     parser.add_argument("--plot", type=Path, default=PLOT)
     args = parser.parse_args(argv)
     chosen = {
         name: options
-        for name, options in settings(args.cycles).items()
+        for name, options in settings(3 if args.quick else args.cycles).items()
         if not args.only or name in args.only
     }
     rows: list[dict[str, Any]] = []

@@ -157,6 +157,7 @@ class Simulator:
         self._expected_cycles = expected_cycles
         self._progress = progress
         self._inbox = inbox
+        self._process = {"model": model} | ({"version": version} if version else {})
         self._by_token = {f"sim-{config.seed}-{i}": d for i, d in enumerate(self._devices)}
         self.summary = SimulationSummary()
         self.last_accuracy: float | None = None
@@ -200,7 +201,7 @@ class Simulator:
                 due.append((waiting, partial(self._take_part, waiting, key)))
         for push in self._inbox.poll():
             sim = self._by_token.get(push.token)
-            if sim is None or sim.done:
+            if sim is None or sim.done or not self._about_this_process(push.data):
                 continue
             kind = push.data.get("type")
             if kind == PushType.FL_COMPLETED:
@@ -221,6 +222,11 @@ class Simulator:
                 due.append((sim, partial(self._take_part, sim, key)))
         self._rng.shuffle(due)  # devices answer a push in no particular order
         return due
+
+    def _about_this_process(self, data: dict[str, str]) -> bool:
+        """A token gets every process's pushes (an app filters them, as here): one run's
+        ``fl_completed`` must not stop the next run's devices."""
+        return all(data.get(key) == value for key, value in self._process.items())
 
     def _join_pool(self, entry: tuple[str, _SimulatedDevice]) -> None:
         token, sim = entry
