@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from firegrid.adapters.auth import JwtVerifier
+from firegrid.domain.buffered import LOBBY, BufferedReport
 from firegrid.domain.config import AuthConfig
 from firegrid.domain.cycle import Cycle, ProcessStatus
 from firegrid.domain.errors import Conflict, NotFound, Unauthorized
@@ -217,12 +218,13 @@ class FakeRepository:
                 raise Conflict("A process with this name and version exists", "duplicate_process")
             self.processes[process.id] = process
 
-    def start_training(self, process: Process, first_cycle: Cycle) -> None:
+    def start_training(self, process: Process, *cycles: Cycle) -> None:
         with self._lock:
-            key = (process.id, first_cycle.seq)
-            if key in self.cycles or process.id not in self.processes:
+            keys = [(process.id, cycle.seq) for cycle in cycles]
+            if any(key in self.cycles for key in keys) or process.id not in self.processes:
                 raise LookupError(f"cannot start {process.id}: cycle exists or no process")
-            self.cycles[key] = CycleRecord(cycle=first_cycle)
+            for key, cycle in zip(keys, cycles, strict=True):
+                self.cycles[key] = CycleRecord(cycle=cycle)
             self.processes[process.id] = process
 
     def update_process(
@@ -460,6 +462,28 @@ class FakeRepository:
             self.workers[worker_id] = dataclasses.replace(self.workers[worker_id], last_cycle=seq)
             record.assignments[worker_id] = admitted
             record.report_claims.add(f"{worker_id}-{report.epoch}")
+            return admitted
+
+    def record_buffered(
+        self, process_id: str, seq: int, worker_id: str, report: BufferedReport
+    ) -> Assignment:
+        with self._lock:
+            buffer, lobby = self._record(process_id, seq), self._record(process_id, LOBBY)
+            assert lobby is not None
+            place = lobby.assignments.get(worker_id)
+            admitted = report.admit(
+                buffer.cycle if buffer else None,
+                place,
+                buffer.assignments.get(worker_id) if buffer else None,
+            )
+            assert buffer is not None and place is not None
+            if worker_id not in self.workers:  # Firestore's update() of a missing document fails
+                raise LookupError(f"no worker document {worker_id}")
+            self.workers[worker_id] = dataclasses.replace(self.workers[worker_id], last_cycle=seq)
+            buffer.assignments[worker_id] = admitted
+            del lobby.assignments[worker_id]
+            if place.slot is not None:
+                lobby.slots.pop(place.slot, None)
             return admitted
 
     def count_reported(self, process_id: str, seq: int) -> int:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from firegrid.domain.buffered import BufferedReport
 from firegrid.domain.config import AuthConfig
 from firegrid.domain.cycle import Cycle
 from firegrid.domain.fanout import Group
@@ -72,8 +73,9 @@ class ProcessRepository(Protocol):
         """Create the process document; ``Conflict`` if name+version exists."""
         ...
 
-    def start_training(self, process: Process, first_cycle: Cycle) -> None:
-        """Create cycle 1 and store the process's new status, atomically."""
+    def start_training(self, process: Process, *cycles: Cycle) -> None:
+        """Create the first cycles (cycle 1; async: the lobby and buffer 1) and store the
+        process's new status, atomically."""
         ...
 
     def update_process(self, process_id: str, change: ProcessChange) -> Process | None:
@@ -182,6 +184,16 @@ class CycleRepository(Protocol):
         """Count ``report`` atomically: ``report.admit`` decides on the stored cycle and
         assignment (raising ``Conflict``), then the assignment and the worker's last
         reported cycle are written. Twins of one report are counted once."""
+        ...
+
+    def record_buffered(
+        self, process_id: str, seq: int, worker_id: str, report: BufferedReport
+    ) -> Assignment:
+        """Async: move the worker's place into buffer ``seq`` atomically: ``report.admit``
+        decides on the stored buffer, the worker's place in the lobby and its entry in the
+        buffer (raising ``Conflict``; ``BufferClosed`` once the buffer filled), then the
+        entry is created and the place (assignment and slot) freed, in one transaction.
+        Twins of one report are counted once."""
         ...
 
     def count_reported(self, process_id: str, seq: int) -> int: ...

@@ -196,15 +196,16 @@ def _(result: Offer) -> flask.Response:
         {
             "status": "accepted",
             "request_key": result.request_key,
-            "cycle_id": cycle.seq,
+            "cycle_id": cycle.seq if result.checkpoint is None else result.checkpoint,
             "model": process.name,
             "version": process.version,
             "model_id": process.id,
             "plans": dict(process.plans),
             "protocols": {},
             "client_config": dict(process.client_config),
-            "deadline": _iso(cycle.deadline),
+            "deadline": _iso(result.deadline),
         }
+        | ({} if result.checkpoint is None else {"checkpoint": result.checkpoint, "mode": "async"})
     )
 
 
@@ -265,6 +266,21 @@ def _(result: Deleted) -> flask.Response:
     )
 
 
+def _buffering(process: Process, result: ProcessReport) -> dict[str, Any] | None:
+    """Async: the open buffer's fill, the places taken and the last aggregation's staleness."""
+    buffering, config = result.buffering, process.server_config
+    if buffering is None:
+        return None
+    return {
+        "buffer_size": config.buffer_size,
+        "buffered": result.reported,
+        "places_taken": buffering.places_taken,
+        "max_concurrency": config.max_concurrency,
+        "latest_checkpoint": process.latest_checkpoint,
+        "mean_staleness": buffering.mean_staleness,
+    }
+
+
 @render.register
 def _(result: ProcessReport) -> flask.Response:
     process, cycle, pool = result.process, result.cycle, result.pool
@@ -312,6 +328,8 @@ def _(result: ProcessReport) -> flask.Response:
                 "last_sends": [{k: _iso(v) for k, v in s.items()} for s in pool.last_sends],
             },
             "privacy": _privacy(process, result.epsilon),
+            "mode": process.server_config.mode,
+            "buffering": _buffering(process, result),
             "server_config": process.server_config.to_dict() | {"authentication": "(hidden)"},
         }
     )
@@ -372,6 +390,7 @@ def _(result: TickReport) -> flask.Response:
             "extended": result.extended,
             "redriven": result.redriven,
             "invited": result.invited,
+            "freed": result.freed,
             "failed": result.failed,
         }
     )

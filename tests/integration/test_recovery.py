@@ -6,6 +6,7 @@ checkpoint is the FedAvg of exactly the diffs reported."""
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Iterator
 
@@ -189,3 +190,71 @@ def test_a_fanned_out_closing_under_faults_equals_a_clean_run(
     assert all(g["status"] == "done" for g in groups)
     assert cycle.get().get("num_diffs") == devices
     assert_same(checkpoint(api, "fanned", 2), fedavg(checkpoint(api, "fanned", 1), reported))
+
+
+def test_async_buffers_under_faults_count_each_report_once(
+    api: Api, db: firestore.Client, faulty: StackInfo
+) -> None:
+    """Two waves of six devices report at once, so buffers fill while the one before is
+    still being aggregated and reports race the fills; events are duplicated, dropped
+    and delayed. Every report is in exactly one buffer, every buffer is aggregated once
+    in order, and each checkpoint is FedBuff's average of that buffer's entries."""
+    server = {"mode": "async", "buffer_size": 3, "max_concurrency": 6, "num_cycles": 0}
+    process_id = host(api, "buffered", 16, **server)
+    rng = np.random.default_rng(7)
+    sent: dict[str, tuple[State, int]] = {}
+    for _ in range(2):
+        placed = [api.join("buffered") for _ in range(6)]
+        for worker_id, _ in placed:
+            diff = {
+                k: rng.normal(0, 0.01, v.shape).astype(v.dtype) for k, v in model(16)[0].items()
+            }
+            sent[worker_id] = (diff, int(rng.integers(1, 20)))
+
+        def send(worker_id: str, key: str) -> None:
+            diff, samples = sent[worker_id]
+            response = api.report(worker_id, key, diff, num_samples=samples)
+            assert response.status_code == 200, response.text
+
+        threads = [threading.Thread(target=send, args=(w, a["request_key"])) for w, a in placed]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def settled() -> dict[str, object] | None:
+        status = api.status("buffered")
+        current = status["current_cycle"]
+        done = status["latest_checkpoint"] == current["seq"] and current["reported"] < 3
+        return status if done and current["status"] == "open" else None
+
+    status = wait_for(settled, 120, "every full buffer aggregated")  # lost events: the tick
+    buffers = range(1, int(status["current_cycle"]["seq"]) + 1)
+    placed_in: dict[str, int] = {}
+    for seq in buffers:
+        stored = db.collection(f"processes/{process_id}/cycles/{seq}/assignments").stream()
+        entries = {s.id: s.to_dict() for s in stored}
+        for worker_id in entries:
+            assert worker_id not in placed_in, (
+                f"{worker_id} in buffers {placed_in[worker_id]}, {seq}"
+            )
+            placed_in[worker_id] = seq
+        if seq == buffers[-1]:
+            continue  # the open buffer, not full
+        cycle = db.document(f"processes/{process_id}/cycles/{seq}").get().to_dict()
+        assert cycle["status"] == "completed" and cycle["num_diffs"] == len(entries) >= 3
+        before = checkpoint(api, "buffered", seq)
+        total = sum(sent[w][1] for w in entries)
+        expected = {
+            name: (
+                tensor.astype(np.float64)
+                - sum(
+                    sent[w][1] * (1 + e["staleness"]) ** -0.5 * sent[w][0][name].astype(np.float64)
+                    for w, e in entries.items()
+                )
+                / total
+            ).astype(tensor.dtype)
+            for name, tensor in before.items()
+        }
+        assert_same(checkpoint(api, "buffered", seq + 1), expected)
+    assert sorted(placed_in) == sorted(sent)  # none lost, none twice

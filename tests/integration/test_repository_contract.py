@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from firegrid.domain.aggregation import Step
+from firegrid.domain.buffered import LOBBY, BufferClosed, BufferedReport
 from firegrid.domain.config import AuthConfig, ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, CycleSummary, ProcessStatus
 from firegrid.domain.diffs import TensorSpec
@@ -654,3 +655,79 @@ def test_assignments_of_reads_the_named_ones_that_exist(repo: Repository) -> Non
     found = repo.assignments_of("p1", 1, ["w3", "absent", "w1"])
 
     assert [a.worker_id for a in found] == ["w3", "w1"]
+
+
+# -- async mode: places in the lobby, reports moved into a buffer ---------------
+
+
+def lobby_and_buffer(repo: Repository) -> None:
+    started = process()
+    repo.create_hosting(started)
+    repo.start_training(started.started(), cycle(seq=LOBBY, deadline=None), cycle(deadline=None))
+
+
+def buffered_report(epoch: int = 1, staleness: int = 0) -> BufferedReport:
+    return BufferedReport(report=report(epoch=epoch), staleness=staleness)
+
+
+def test_start_training_creates_every_opening_cycle(repo: Repository) -> None:
+    lobby_and_buffer(repo)
+    assert repo.get_cycle("p1", LOBBY) == cycle(seq=LOBBY, deadline=None)
+    assert repo.get_cycle("p1", 1) == cycle(deadline=None)
+
+
+def test_a_buffered_report_moves_the_place_into_the_buffer(repo: Repository) -> None:
+    lobby_and_buffer(repo)
+    repo.save_worker(worker("w1"))
+    joining = dataclasses.replace(repo.get_cycle("p1", LOBBY), epoch=1)
+    place = repo.claim_place("p1", joining, "w1", T0, Places(4, random.Random(0)))
+    assert place is not None and place.epoch == 1
+
+    entry = repo.record_buffered("p1", 1, "w1", buffered_report(staleness=2))
+
+    assert entry == dataclasses.replace(
+        place,
+        seq=1,
+        slot=None,
+        reported_at=T0 + timedelta(seconds=5),
+        num_samples=7,
+        diff_object="diffs/a",
+        staleness=2,
+    )
+    assert list(repo.reported_assignments("p1", 1)) == [entry]
+    assert repo.count_assigned("p1", LOBBY) == 0  # the place is free again
+    again = repo.claim_place("p1", joining, "w2", T0, Places(1, random.Random(0)))
+    assert again is not None and again.slot == 0
+    assert repo.get_worker("w1").last_cycle == 1
+
+
+def test_a_buffered_report_is_refused_without_its_place_or_when_the_buffer_is_full(
+    repo: Repository,
+) -> None:
+    lobby_and_buffer(repo)
+    repo.save_worker(worker("w1"))
+    joining = dataclasses.replace(repo.get_cycle("p1", LOBBY), epoch=1)
+    repo.claim_place("p1", joining, "w1", T0, Places(4, random.Random(0)))
+    with pytest.raises(Conflict) as other_checkpoint:
+        repo.record_buffered("p1", 1, "w1", buffered_report(epoch=2))
+    assert other_checkpoint.value.code == "assignment_dropped"
+    repo.update_cycle("p1", 1, lambda c: c.begin_closing(T0))
+    with pytest.raises(BufferClosed):
+        repo.record_buffered("p1", 1, "w1", buffered_report())
+    assert repo.count_assigned("p1", LOBBY) == 1  # nothing moved
+    assert repo.count_reported("p1", 1) == 0
+
+
+def test_twin_buffered_reports_are_counted_once(repo: Repository) -> None:
+    lobby_and_buffer(repo)
+    repo.save_worker(worker("w1"))
+    joining = dataclasses.replace(repo.get_cycle("p1", LOBBY), epoch=1)
+    repo.claim_place("p1", joining, "w1", T0, Places(4, random.Random(0)))
+
+    outcomes = concurrently(8, lambda i: repo.record_buffered("p1", 1, "w1", buffered_report()))
+
+    counted = [o for o in outcomes if isinstance(o, Assignment)]
+    refused = [o for o in outcomes if isinstance(o, Conflict)]
+    assert len(counted) == 1 and len(refused) == 7, outcomes
+    assert repo.count_reported("p1", 1) == 1
+    assert repo.count_assigned("p1", LOBBY) == 0

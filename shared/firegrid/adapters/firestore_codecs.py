@@ -149,6 +149,7 @@ def cycle_doc(cycle: Cycle) -> Document:
         "optimizer_state_object": summary.optimizer_state_object if summary else None,
         "epsilon": summary.epsilon if summary else None,
         "privacy_spent": _spent(summary.privacy_spent) if summary else None,
+        "mean_staleness": summary.mean_staleness if summary else None,
     }
 
 
@@ -168,6 +169,7 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
             optimizer_state_object=data.get("optimizer_state_object"),
             epsilon=data.get("epsilon"),
             privacy_spent=_spent(data.get("privacy_spent")),
+            mean_staleness=data.get("mean_staleness"),
         )
     return Cycle(
         process_id=process_id,
@@ -203,6 +205,7 @@ def assignment_doc(assignment: Assignment) -> Document:
         "num_samples": assignment.num_samples,
         "diff_object": assignment.diff_object,
         "skipped": assignment.skipped,
+        "staleness": assignment.staleness,
     }
 
 
@@ -223,6 +226,7 @@ def assignment_from(data: Document) -> Assignment:
         num_samples=data.get("num_samples"),
         diff_object=data.get("diff_object"),
         skipped=data.get("skipped"),
+        staleness=data.get("staleness"),
     )
 
 

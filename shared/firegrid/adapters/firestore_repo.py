@@ -26,6 +26,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from firegrid.adapters import firestore_codecs as codecs
+from firegrid.domain.buffered import LOBBY, BufferedReport
 from firegrid.domain.cycle import Cycle, ProcessStatus
 from firegrid.domain.errors import Conflict, Unavailable
 from firegrid.domain.fanout import Group
@@ -125,9 +126,10 @@ class FirestoreRepository:
                 "A process with this name and version exists", "duplicate_process"
             ) from None
 
-    def start_training(self, process: Process, first_cycle: Cycle) -> None:
+    def start_training(self, process: Process, *cycles: Cycle) -> None:
         batch = self._db.batch()
-        batch.create(self._cycle_ref(process.id, first_cycle.seq), codecs.cycle_doc(first_cycle))
+        for cycle in cycles:
+            batch.create(self._cycle_ref(process.id, cycle.seq), codecs.cycle_doc(cycle))
         batch.update(self._process_ref(process.id), codecs.process_progress(process))
         batch.commit()
 
@@ -460,6 +462,46 @@ class FirestoreRepository:
                 claim_ref.delete()  # a retry of this report may go ahead
             raise
 
+    def record_buffered(
+        self, process_id: str, seq: int, worker_id: str, report: BufferedReport
+    ) -> Assignment:
+        buffer_ref = self._cycle_ref(process_id, seq)
+        entry_ref = self._assignments(process_id, seq).document(worker_id)
+        place_ref = self._assignments(process_id, LOBBY).document(worker_id)
+        claim_ref = (
+            self._cycle_ref(process_id, LOBBY)
+            .collection("report_claims")
+            .document(f"{worker_id}-{report.report.epoch}")
+        )
+
+        @firestore.transactional
+        def move(transaction: firestore.Transaction) -> Assignment:
+            buffer = buffer_ref.get(transaction=transaction)
+            place = place_ref.get(transaction=transaction)
+            entry = entry_ref.get(transaction=transaction)
+            held = codecs.assignment_from(place.to_dict() or {}) if place.exists else None
+            admitted = report.admit(
+                codecs.cycle_from(process_id, buffer.to_dict() or {}) if buffer.exists else None,
+                held,
+                codecs.assignment_from(entry.to_dict() or {}) if entry.exists else None,
+            )
+            assert held is not None
+            transaction.create(entry_ref, codecs.assignment_doc(admitted))
+            transaction.delete(place_ref)
+            if held.slot is not None:
+                transaction.delete(self._slots(process_id, LOBBY).document(str(held.slot)))
+            transaction.delete(claim_ref)  # the place is gone: a twin's admit refuses it
+            transaction.update(self._worker_ref(worker_id), {"last_cycle": seq})
+            return admitted
+
+        held = self._claim_report(claim_ref, place_ref)
+        try:
+            return move(self._db.transaction())
+        except BaseException:
+            if held:
+                claim_ref.delete()
+            raise
+
     def _claim_report(
         self, claim_ref: firestore.DocumentReference, assignment_ref: firestore.DocumentReference
     ) -> bool:
@@ -477,7 +519,9 @@ class FirestoreRepository:
             if self._take_stale_claim(claim_ref):
                 return True
             snap = assignment_ref.get()
-            data = snap.to_dict() or {} if snap.exists else {}
+            if not snap.exists:  # dropped, or (async) moved into a buffer by the holder
+                return False
+            data = snap.to_dict() or {}
             if data.get("reported") or data.get("skipped"):
                 return False
             if time.monotonic() > deadline:

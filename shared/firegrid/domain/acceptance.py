@@ -23,6 +23,8 @@ class RejectReason(StrEnum):
     TOO_SLOW = "too_slow"
     NOT_INVITED = "not_invited"
     CYCLE_FAILED = "cycle_failed"
+    CONCURRENCY_FULL = "concurrency_full"
+    """Async: ``max_concurrency`` devices are training."""
 
 
 # A closing cycle opens the next one within seconds; ask again soon.

@@ -29,7 +29,10 @@ LAYOUT_BYTES = 320
 
 def worst_case_reports(config: ServerConfig) -> int:
     """Reports one cycle can hold: ``max_workers`` places, else ``max_diffs`` (which closes
-    the cycle), else any number up to the bound on worker counts."""
+    the cycle), else any number up to the bound on worker counts; an async buffer holds
+    ``buffer_size`` and at most the devices still training when it filled."""
+    if config.buffer_size is not None and config.max_concurrency is not None:
+        return config.buffer_size + config.max_concurrency
     return config.max_workers or config.max_diffs or limits.MAX_WORKERS
 
 

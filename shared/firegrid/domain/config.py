@@ -20,6 +20,21 @@ from firegrid.domain.privacy import DpConfig, spend
 
 POOL_SELECTIONS = ("random", "iterate")
 EXPIRY_ACTIONS = ("reset", "extend")
+MODES = ("sync", "async")
+_ASYNC_KEYS = ("buffer_size", "max_concurrency", "max_staleness", "staleness_exponent")
+_NOT_ASYNC = {
+    "max_workers": "places are 'max_concurrency'",
+    "min_diffs": "a buffer closes at 'buffer_size' reports",
+    "max_diffs": "a buffer closes at 'buffer_size' reports",
+    "goal_count": "invitations top up 'max_concurrency'",
+    "worker_participation_mode": "invitations always top up free places",
+    "require_invitation": "devices join at any time",
+    "do_not_reuse_workers_until_cycle": "a device may train again at once",
+    "on_expiry": "buffers have no deadline; only places do",
+    "max_weight_fraction": "stale reports are damped instead",
+    "dp": "the accountant counts synchronous cohorts",
+}
+"""Keys refused with ``mode: "async"``, and why (docs/protocol.md)."""
 LOSSES = ("cross_entropy", "mse", "bce_with_logits")
 OPTIMIZERS = ("sgd", "adam")
 # Keys PyGrid configs carry that FireGrid accepts and ignores.
@@ -168,6 +183,27 @@ class ServerConfig:
     groups of at most this many, aggregated in parallel, then combined."""
     authentication: AuthConfig = field(default_factory=AuthConfig)
     """How workers authenticate."""
+    mode: str = "sync"
+    """``sync`` (cycles) or ``async`` (FedBuff: buffers of ``buffer_size`` reports)."""
+    buffer_size: int | None = None
+    """Async: reports aggregated into each new checkpoint (FedBuff's K)."""
+    max_concurrency: int | None = None
+    """Async: devices training at once, for the whole process."""
+    max_staleness: int | None = None
+    """Async: staler reports are refused (None: any staleness is damped, none refused)."""
+    staleness_exponent: float = 0.5
+    """Async: a report of staleness ``s`` weighs ``1 / (1 + s) ** staleness_exponent``."""
+
+    @property
+    def is_async(self) -> bool:
+        return self.mode == "async"
+
+    @property
+    def invitation_goal(self) -> int | None:
+        """Places an invitation round fills (None: invite the whole pool)."""
+        if self.is_async:
+            return self.max_concurrency
+        return self.goal_count or self.max_workers
 
     @property
     def requires_speed_test(self) -> bool:
@@ -228,16 +264,44 @@ class ServerConfig:
             authentication=AuthConfig.parse(fields.raw.get("authentication")),
             server_optimizer=_server_optimizer(fields),
             dp=_dp(fields),
+            mode=fields.choice("mode", MODES, "sync"),
+            buffer_size=fields.integer("buffer_size", minimum=1, maximum=places),
+            max_concurrency=fields.integer("max_concurrency", minimum=1, maximum=places),
+            max_staleness=fields.integer("max_staleness", minimum=0, maximum=limits.MAX_WORKERS),
+            staleness_exponent=_non_negative(fields, "staleness_exponent", 0.5),
         )
+        config._check_mode(fields)
         config._check_consistency()
         return config
+
+    def _check_mode(self, fields: Fields) -> None:
+        """Async keys need ``mode: "async"``; async needs its own keys and refuses those
+        that mean nothing (or something unsupported) without cycles."""
+        if not self.is_async:
+            for key in _ASYNC_KEYS:
+                if fields.present(key):
+                    raise _bad(f"'{key}' applies to 'mode' 'async' only")
+            return
+        for key in ("buffer_size", "max_concurrency", "cycle_length"):
+            if not fields.present(key):
+                raise _bad(f"'mode' 'async' needs '{key}'")
+        for key, why in _NOT_ASYNC.items():
+            if fields.present(key):
+                raise _bad(f"'{key}' does not apply with 'mode' 'async': {why}")
+        if not self.aggregation.streams:
+            raise _bad("'mode' 'async' needs 'aggregation' 'fedavg' or 'mean'")
+        assert self.buffer_size is not None
+        if self.buffer_size > self.fanout_threshold:
+            raise _bad(
+                "'buffer_size' must not exceed 'fanout_threshold': buffers are not fanned out"
+            )
 
     def _check_consistency(self) -> None:
         if self.min_diffs and self.max_diffs and self.min_diffs > self.max_diffs:
             raise _bad("'min_diffs' must not exceed 'max_diffs'")
         if self.max_diffs and self.max_workers and self.max_diffs > self.max_workers:
             raise _bad("'max_diffs' must not exceed 'max_workers': the cycle could never fill")
-        if self.cycle_length is None and self.max_diffs is None:
+        if self.cycle_length is None and self.max_diffs is None and not self.is_async:
             raise _bad("a cycle needs a way to close: set 'cycle_length' or 'max_diffs'")
         if self.clip_diffs and self.max_diff_norm is None:
             raise _bad("'clip_diffs' needs 'max_diff_norm'")
@@ -329,6 +393,15 @@ def _positive(fields: Fields, key: str, default: float, maximum: float) -> float
         return default
     if value <= 0:
         raise _bad(f"'{key}' must be > 0")
+    return value
+
+
+def _non_negative(fields: Fields, key: str, default: float) -> float:
+    value = fields.number(key, maximum=limits.MAX_STALENESS_EXPONENT)
+    if value is None:
+        return default
+    if value < 0:
+        raise _bad(f"'{key}' must be >= 0")
     return value
 
 

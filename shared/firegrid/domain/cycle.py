@@ -231,6 +231,8 @@ class CycleSummary:
     """``dp``: the privacy spent by every cycle up to this one, at ``dp.delta``."""
     privacy_spent: Mapping[str, int] | None = None
     """``dp``: the cycles up to this one by sampling rate (``privacy.Spent``)."""
+    mean_staleness: float | None = None
+    """Async: the mean staleness of the reports this buffer aggregated."""
 
 
 def _merged(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
@@ -241,7 +243,7 @@ def _merged(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int
 
 
 def deadline_for(opened_at: datetime, config: ServerConfig) -> datetime | None:
-    if config.cycle_length is None:
+    if config.cycle_length is None or config.is_async:  # async: places expire, not buffers
         return None
     return opened_at + timedelta(seconds=config.cycle_length)
 

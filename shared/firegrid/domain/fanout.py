@@ -104,7 +104,11 @@ class Group:
 
 
 def fans_out(num_reported: int, config: ServerConfig) -> bool:
-    return config.aggregation.streams and num_reported > config.fanout_threshold
+    return (
+        config.aggregation.streams
+        and num_reported > config.fanout_threshold
+        and not config.is_async  # a buffer is aggregated in one invocation
+    )
 
 
 def partition(

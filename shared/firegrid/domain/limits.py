@@ -57,6 +57,8 @@ MAX_CYCLE_LENGTH_S = 366 * 24 * 3600
 """``cycle_length`` (a year); ``retry_after`` and ``availability_ttl`` share it."""
 MAX_OVER_SELECTION = 100.0
 MAX_SERVER_LR = 1000.0
+MAX_STALENESS_EXPONENT = 100.0
+"""``staleness_exponent``: beyond this every stale report weighs (almost) nothing."""
 MAX_SPEED = 1e15
 """``ping``, ``download``, ``upload`` and the configured minimum speeds."""
 MAX_RAM_GB = 1e6

@@ -183,6 +183,8 @@ class Assignment:
     diff_object: str | None = None
     skipped: str | None = None
     """Why the reported diff was left out at closing (its object lost or unusable)."""
+    staleness: int | None = None
+    """Async: checkpoints published between the one it trained from and its report."""
 
     @property
     def reported(self) -> bool:

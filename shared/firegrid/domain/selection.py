@@ -36,16 +36,16 @@ def invitations_wanted(config: ServerConfig, state: RoundState, pool: int) -> in
     """How many more workers to invite now (0: none).
 
     Mode 0 (synchronous) invites once per cycle epoch, before anyone joined;
-    mode 1 tops up while places are free, counting invitations still
-    outstanding. ``over_selection`` absorbs drop-outs. Below ``min_workers``
-    nobody is invited.
+    mode 1 (and async mode, whose places free up one by one) tops up while
+    places are free, counting invitations still outstanding. ``over_selection``
+    absorbs drop-outs. Below ``min_workers`` nobody is invited.
     """
     if pool < config.min_workers or pool == 0:
         return 0
     started = state.invited > 0 or state.assigned > 0
-    if config.worker_participation_mode == 0 and started:
+    if config.worker_participation_mode == 0 and started and not config.is_async:
         return 0
-    goal = config.goal_count or config.max_workers
+    goal = config.invitation_goal
     if goal is None:
         return pool
     free_places = goal - state.assigned

@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from firegrid.domain import blobs, optimizers, privacy
 from firegrid.domain.aggregation import (
+    Aggregation,
     AggregationFailed,
     StateDict,
     Step,
@@ -21,6 +22,14 @@ from firegrid.domain.aggregation import (
     apply_step,
     combine,
     fedavg_weights,
+)
+from firegrid.domain.buffered import (
+    LOBBY,
+    damped_weights,
+    is_full,
+    mean_staleness,
+    place_expired,
+    undamp,
 )
 from firegrid.domain.cycle import (
     Cycle,
@@ -39,6 +48,7 @@ from firegrid.services import fanout, pool
 from firegrid.services.context import Context
 from firegrid.services.hosting import new_cycle
 from firegrid.services.leases import Lease, LeaseLost
+from firegrid.services.lookups import checkpoint_object
 from firegrid.services.stored_diffs import StoredDiffs
 from firegrid.tensors import decode_state, encode_state, view_state
 from firegrid.transient import is_transient
@@ -55,11 +65,33 @@ def on_report(ctx: Context, process_id: str, seq: int) -> bool:
         return False  # a process being deleted starts no closing
     if cycle is None or cycle.status is not CycleStatus.OPEN:
         return False
+    if process.server_config.is_async:
+        return _fill(ctx, process, seq)
     reported = ctx.repo.count_reported(process_id, seq)
     if not is_ready(cycle, reported, process.server_config, ctx.clock.now()):
         return False
     now = ctx.clock.now()
     return ctx.repo.update_cycle(process_id, seq, lambda c: c.begin_closing(now)) is not None
+
+
+def _fill(ctx: Context, process: Process, seq: int) -> bool:
+    """Async: a buffer holding ``buffer_size`` reports closes and, in the same write, the
+    next one opens and becomes the process's current buffer, so a report recorded
+    meanwhile lands in exactly one of them (its transaction read the buffer ``open``,
+    or it finds it closed and goes to the next). True if this call closed it."""
+    if not is_full(ctx.repo.count_reported(process.id, seq), process.server_config):
+        return False
+    now = ctx.clock.now()
+    if is_last_cycle(seq, process.server_config):  # no buffer after the last
+        return ctx.repo.update_cycle(process.id, seq, lambda c: c.begin_closing(now)) is not None
+    filled = ctx.repo.complete_cycle(
+        process.id,
+        seq,
+        lambda c: c.begin_closing(now),
+        new_cycle(process, seq + 1, ctx),
+        lambda stored: stored.after_cycle(stored.latest_checkpoint, seq + 1),
+    )
+    return filled is not None
 
 
 def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
@@ -79,6 +111,8 @@ def close_cycle(ctx: Context, process_id: str, seq: int) -> bool:
     process = ctx.repo.get_process(process_id)
     if process is None or process.status is not ProcessStatus.TRAINING:
         return False
+    if process.server_config.is_async and process.latest_checkpoint < seq:
+        return False  # its checkpoint is not out yet: that closing calls this one when done
     lease = cycle_lease(ctx, process_id, seq)
     cycle = lease.take()
     if cycle is None:
@@ -113,11 +147,19 @@ def _record_failure(lease: Lease[Cycle], reason: str) -> None:
 
 def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]) -> bool:
     config, seq = process.server_config, cycle.seq
+    if config.is_async:  # a buffer's checkpoint was published after the buffer opened
+        cycle = replace(cycle, model_object=checkpoint_object(ctx, process, seq))
     checkpoint = decode_state(ctx.blobs.get(cycle.model), "checkpoint")
     reported = list(ctx.repo.reported_assignments(process.id, seq))
     counts = [a.num_samples or 0 for a in reported]
     skipped: dict[str, str] = {}
-    weights = fedavg_weights(counts, config.max_weight_fraction)
+    weights = base = fedavg_weights(counts, config.max_weight_fraction)
+    method = config.aggregation
+    if config.is_async:  # FedBuff: damped by staleness, then divided by the undamped total
+        base = weights if method is Aggregation.FEDAVG else [1.0] * len(reported)
+        stalenesses = [a.staleness or 0 for a in reported]
+        weights = damped_weights(base, stalenesses, config.staleness_exponent)
+        method = Aggregation.FEDAVG
     try:
         if fans_out(len(reported), config):
             step = fanout.gather(ctx, process, seq, reported, weights, skipped)
@@ -129,7 +171,7 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
             step = combine(
                 checkpoint,
                 diffs,
-                method=config.aggregation,
+                method=method,
                 trim_fraction=config.trim_fraction,
                 clip_norm=config.dp.clip_norm if config.dp else None,
             )
@@ -142,6 +184,12 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
     for worker_id, reason in skipped.items():
         ctx.repo.update_assignment(process.id, seq, worker_id, _skip(reason))
     reasons = dict(Counter(skipped.values()))
+    if config.is_async:
+        if step is None:  # a buffer cannot reopen: the next one took its place
+            raise AggregationFailed(f"no usable diff in buffer {seq}: {reasons}")
+        undamp(
+            step, sum(b for a, b in zip(reported, base, strict=True) if a.worker_id not in skipped)
+        )
     if step is None or not has_enough(usable, config):
         _reopen(ctx, process, seq, lease, reasons)
         return False
@@ -165,16 +213,16 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         optimizer_state_object=state_object,
         epsilon=spending.epsilon if spending else None,
         privacy_spent=spending.spent if spending else None,
+        mean_staleness=mean_staleness(reported) if config.is_async else None,
     )
     last = is_last_cycle(seq, config) or (spending is not None and spending.exhausted)
-    next_cycle = None if last else new_cycle(process, seq + 1, ctx, published)
-    next_seq = next_cycle.seq if next_cycle else None
+    next_cycle = None if last or config.is_async else new_cycle(process, seq + 1, ctx, published)
     completed = ctx.repo.complete_cycle(
         process.id,
         seq,
         lambda c: c.complete(lease.holder, summary, reasons),
         next_cycle,
-        lambda stored: stored.after_cycle(seq + 1, next_seq),
+        lambda stored: stored.after_cycle(seq + 1, _next_of(stored, next_cycle, last)),
     )
     if completed is None:  # overtaken since the last check, or the process is being deleted
         for written in (published, state_object):
@@ -186,7 +234,25 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         "cycle %s/%d closed: %d diffs, %d samples, %d skipped",
         *(process.id, seq, usable, total_samples, len(skipped)),
     )
+    if config.is_async:
+        _close_next_buffer(ctx, process.id, seq + 1)
     return True
+
+
+def _next_of(stored: Process, next_cycle: Cycle | None, last: bool) -> int | None:
+    """The cycle training goes on in: the one this closing opens; async, the buffer
+    already open (opened when this one filled); None once training is over."""
+    if last:
+        return None
+    return next_cycle.seq if next_cycle is not None else stored.current_cycle
+
+
+def _close_next_buffer(ctx: Context, process_id: str, seq: int) -> None:
+    """Async: a buffer that filled while the one before was aggregated waited for this
+    checkpoint; aggregate it now (the tick does, if this instance dies first)."""
+    following = ctx.repo.get_cycle(process_id, seq)
+    if following is not None and following.status is CycleStatus.CLOSING:
+        close_cycle(ctx, process_id, seq)
 
 
 def _next_checkpoint(
@@ -290,6 +356,8 @@ class TickReport:
     extended: list[str] = field(default_factory=list)
     redriven: list[str] = field(default_factory=list)
     invited: list[str] = field(default_factory=list)
+    freed: list[str] = field(default_factory=list)
+    """Async: processes whose abandoned places were freed."""
     failed: list[str] = field(default_factory=list)
 
 
@@ -341,7 +409,25 @@ def _tick_process(ctx: Context, process: Process, label: str, report: TickReport
     return redrive
 
 
+def _tend_buffers(ctx: Context, process: Process, label: str, report: TickReport) -> int | None:
+    """Async: free the places not reported by their deadline, close a full buffer whose
+    report events were lost, and re-drive the oldest closing buffer if nobody aggregates
+    it (the ones after it wait for its checkpoint and follow it)."""
+    now, config = ctx.clock.now(), process.server_config
+    if ctx.repo.drop_assignments(process.id, LOBBY, lambda a: place_expired(a, now, config)):
+        report.freed.append(label)
+    if on_report(ctx, process.id, process.current_cycle):
+        report.closed.append(label)
+    oldest = ctx.repo.get_cycle(process.id, process.latest_checkpoint)
+    grace = timedelta(seconds=ctx.settings.redrive_grace_s)
+    if oldest is not None and oldest.needs_redrive(now, grace):
+        return oldest.seq
+    return None
+
+
 def _enforce_deadline(ctx: Context, process: Process, label: str, report: TickReport) -> int | None:
+    if process.server_config.is_async:
+        return _tend_buffers(ctx, process, label, report)
     cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
     if cycle is None:
         return None

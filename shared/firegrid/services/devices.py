@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from firegrid import api
 from firegrid.domain import blobs
 from firegrid.domain.acceptance import Rejection, RejectReason, Speeds, reject, screen
+from firegrid.domain.buffered import (
+    LOBBY,
+    BufferClosed,
+    BufferedReport,
+    check_staleness,
+    place_deadline,
+    staleness,
+)
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.diffs import max_file_bytes, payload_bytes, validate_diff
@@ -23,7 +32,7 @@ from firegrid.domain.keys import KeyScope, derive_worker_id, issue_request_key, 
 from firegrid.domain.model import Assignment, Process, Report, Worker
 from firegrid.domain.selection import Places
 from firegrid.services.context import Context
-from firegrid.services.lookups import find_worker, known_worker, process_by_name
+from firegrid.services.lookups import checkpoint_object, find_worker, known_worker, process_by_name
 from firegrid.services.results import (
     Authenticated,
     Done,
@@ -75,6 +84,8 @@ def request_cycle(ctx: Context, request: api.CycleRequest) -> Offer | Rejection:
     config = process.server_config
     if config.requires_speed_test:
         _require_speeds(request.speeds)
+    if config.is_async:
+        return _join(ctx, process, worker, request)
     cycle = _current_cycle(ctx, process)
     now = ctx.clock.now()
     if process.status is ProcessStatus.COMPLETED:
@@ -102,7 +113,50 @@ def request_cycle(ctx: Context, request: api.CycleRequest) -> Offer | Rejection:
             return reject(RejectReason.CYCLE_FULL, cycle, config, now)
     scope = KeyScope(cycle.seq, existing.epoch)
     key = issue_request_key(process.key_secret, process.id, existing.worker_id, scope)
-    return Offer(process=process, cycle=cycle, assignment=existing, request_key=key)
+    return Offer(
+        process=process, cycle=cycle, assignment=existing, request_key=key, deadline=cycle.deadline
+    )
+
+
+def _join(
+    ctx: Context, process: Process, worker: Worker, request: api.CycleRequest
+) -> Offer | Rejection:
+    """Async: a place for the whole process while fewer than ``max_concurrency`` hold one,
+    training from the latest checkpoint (the place's epoch, so the request key names it)."""
+    config, now = process.server_config, ctx.clock.now()
+    buffer = _current_cycle(ctx, process)
+    if process.status is ProcessStatus.COMPLETED:
+        return reject(RejectReason.FL_COMPLETED, buffer, config, now)
+    if buffer.status is CycleStatus.FAILED:
+        return reject(RejectReason.CYCLE_FAILED, buffer, config, now)
+    if buffer.status is not CycleStatus.OPEN:  # the last buffer is full
+        return reject(RejectReason.CYCLE_CLOSING, buffer, config, now)
+    if ctx.repo.get_assignment(process.id, buffer.seq, worker.id) is not None:
+        return reject(RejectReason.ALREADY_REPORTED, buffer, config, now)
+    lobby = ctx.repo.get_cycle(process.id, LOBBY)
+    if lobby is None:
+        raise NotFound("The process has no lobby", "unknown_cycle")
+    reason = screen(
+        config=config, cycle=lobby, speeds=request.speeds, last_cycle=None, start_key=None
+    )
+    if reason is not None:
+        return reject(reason, lobby, config, now)
+    joining = replace(lobby, epoch=process.latest_checkpoint)
+    assert config.max_concurrency is not None
+    place = ctx.repo.claim_place(
+        process.id, joining, worker.id, now, Places(config.max_concurrency, ctx.rng)
+    )
+    if place is None:
+        return reject(RejectReason.CONCURRENCY_FULL, lobby, config, now)
+    key = issue_request_key(process.key_secret, process.id, worker.id, KeyScope(LOBBY, place.epoch))
+    return Offer(
+        process=process,
+        cycle=joining,
+        assignment=place,
+        request_key=key,
+        deadline=place_deadline(place, config),
+        checkpoint=place.epoch,
+    )
 
 
 def _places(ctx: Context, config: ServerConfig) -> Places | None:
@@ -165,6 +219,8 @@ def get_model(ctx: Context, request: api.ModelDownload) -> bytes | SignedUrl:
     if request.model_id != place.process.id:
         raise NotFound("Model not found!", "unknown_model")
     name = place.cycle.model
+    if place.process.server_config.is_async:  # the checkpoint this place trains from
+        name = checkpoint_object(ctx, place.process, place.assignment.epoch)
     return download(ctx, place.process, name, payload_bytes(place.process.schema))
 
 
@@ -239,10 +295,41 @@ def _report(ctx: Context, grant: Grant, request: api.Report, upload: str | None)
         epoch=epoch, num_samples=request.num_samples, diff_object=name, at=ctx.clock.now()
     )
     try:
-        ctx.repo.record_report(place.process.id, seq, grant.worker_id, counted)
+        if config.is_async:
+            _record_buffered(ctx, place, grant.worker_id, counted)
+        else:
+            ctx.repo.record_report(place.process.id, seq, grant.worker_id, counted)
     except Conflict:  # the cycle closed or a twin report won meanwhile: drop our own bytes
         ctx.blobs.delete(name)
         raise
+
+
+def _record_buffered(ctx: Context, place: Place, worker_id: str, report: Report) -> None:
+    """Async: the report enters the open buffer with its staleness against the latest
+    published checkpoint. A buffer that filled meanwhile was closed in the same write that
+    opened the next, so the report goes there: never refused as late, counted once. A
+    report too stale is refused and its place freed."""
+    config, seen = place.process.server_config, None
+    while True:
+        process = ctx.repo.get_process(place.process.id)
+        if process is None or process.current_cycle == seen:
+            raise Conflict("Training is over: no buffer takes reports", "cycle_closed")
+        stale = staleness(process.latest_checkpoint, report.epoch)
+        try:
+            check_staleness(stale, config)
+        except Conflict:
+            ctx.repo.drop_assignments(process.id, LOBBY, _the_place(worker_id, report.epoch))
+            raise
+        entry = BufferedReport(report=report, staleness=stale)
+        try:
+            ctx.repo.record_buffered(process.id, process.current_cycle, worker_id, entry)
+            return
+        except BufferClosed:
+            seen = process.current_cycle
+
+
+def _the_place(worker_id: str, epoch: int) -> Callable[[Assignment], bool]:
+    return lambda a: a.worker_id == worker_id and a.epoch == epoch
 
 
 def _uploaded_diff(ctx: Context, place: Place, name: str, max_bytes: int) -> bytes:

@@ -11,6 +11,7 @@ import numpy as np
 
 from firegrid import api
 from firegrid.domain import blobs, limits
+from firegrid.domain.buffered import LOBBY
 from firegrid.domain.capacity import check_aggregation_fits
 from firegrid.domain.config import ClientConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus, deadline_for
@@ -44,6 +45,14 @@ def new_cycle(process: Process, seq: int, ctx: Context, model_object: str | None
         start_key=secrets.token_urlsafe(16),
         model_object=model_object,
     )
+
+
+def opening_cycles(process: Process, ctx: Context) -> list[Cycle]:
+    """Cycle 1; in async mode also the lobby, which holds the places and never closes."""
+    first = new_cycle(process, 1, ctx)
+    if not process.server_config.is_async:
+        return [first]
+    return [new_cycle(process, LOBBY, ctx), first]
 
 
 def hosting_upload_urls(ctx: Context, request: api.HostingUploadUrls) -> HostingUploads:
@@ -145,7 +154,7 @@ def _host(
         ctx.blobs.put(blobs.checkpoint_object(process_id, 1), model_bytes)
         for name, data in plans.items():
             ctx.blobs.put(blobs.plan_object(process_id, name), data)
-        ctx.repo.start_training(process.started(), new_cycle(process, 1, ctx))
+        ctx.repo.start_training(process.started(), *opening_cycles(process, ctx))
     except Exception:
         ctx.blobs.delete_prefix(blobs.process_prefix(process_id))
         ctx.repo.delete_process(process_id)

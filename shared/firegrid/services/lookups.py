@@ -8,12 +8,24 @@ caller learns nothing about other processes' workers.
 from __future__ import annotations
 
 from firegrid import api
+from firegrid.domain import blobs
 from firegrid.domain.errors import NotFound, Unauthorized
 from firegrid.domain.keys import WORKER_ID
 from firegrid.domain.model import Process, Worker, current_version
 from firegrid.services.context import Context
 
 UNKNOWN_WORKER = "Unknown worker for this model: authenticate first"
+
+
+def checkpoint_object(ctx: Context, process: Process, number: int) -> str:
+    """Where checkpoint ``number`` is stored: the hosted model, or what the closing of
+    cycle ``number - 1`` published."""
+    if number == 1:
+        return blobs.checkpoint_object(process.id, 1)
+    before = ctx.repo.get_cycle(process.id, number - 1)
+    if before is None or before.summary is None:
+        raise NotFound(f"Checkpoint {number} is not published", "unknown_checkpoint")
+    return before.summary.checkpoint_object or blobs.checkpoint_object(process.id, number)
 
 
 def process_by_name(ctx: Context, name: str, version: str | None) -> Process:

@@ -4,15 +4,17 @@ training metrics."""
 from __future__ import annotations
 
 from firegrid import api
-from firegrid.domain import blobs, limits
+from firegrid.domain import limits
+from firegrid.domain.buffered import LOBBY
+from firegrid.domain.cycle import Cycle
 from firegrid.domain.diffs import payload_bytes
 from firegrid.domain.errors import BadRequest, NotFound
 from firegrid.domain.keys import pseudonym
 from firegrid.domain.model import Process
 from firegrid.services import pool
 from firegrid.services.context import Context
-from firegrid.services.lookups import known_worker, named_process, process_of
-from firegrid.services.results import MetricsTable, ProcessReport, SignedUrl, Stored
+from firegrid.services.lookups import checkpoint_object, known_worker, named_process, process_of
+from firegrid.services.results import Buffering, MetricsTable, ProcessReport, SignedUrl, Stored
 from firegrid.services.signed import download
 
 
@@ -31,14 +33,32 @@ def status(ctx: Context, query: api.ProcessQuery) -> ProcessReport:
         if process.current_cycle > 1
         else None,
         epsilon=_epsilon(ctx, process),
+        buffering=_buffering(ctx, process),
     )
+
+
+def _buffering(ctx: Context, process: Process) -> Buffering | None:
+    if not process.server_config.is_async:
+        return None
+    made_by = _made_latest(ctx, process)
+    return Buffering(
+        places_taken=ctx.repo.count_assigned(process.id, LOBBY),
+        mean_staleness=made_by.summary.mean_staleness if made_by and made_by.summary else None,
+    )
+
+
+def _made_latest(ctx: Context, process: Process) -> Cycle | None:
+    """The cycle whose closing made the latest checkpoint (None before one)."""
+    if process.latest_checkpoint < 2:
+        return None
+    return ctx.repo.get_cycle(process.id, process.latest_checkpoint - 1)
 
 
 def _epsilon(ctx: Context, process: Process) -> float | None:
     """The epsilon stored by the closing that made the latest checkpoint (None before one)."""
-    if process.server_config.dp is None or process.latest_checkpoint < 2:
+    if process.server_config.dp is None:
         return None
-    made_by = ctx.repo.get_cycle(process.id, process.latest_checkpoint - 1)
+    made_by = _made_latest(ctx, process)
     return made_by.summary.epsilon if made_by and made_by.summary else None
 
 
@@ -48,16 +68,8 @@ def retrieve_model(ctx: Context, query: api.CheckpointQuery) -> bytes | SignedUr
     number = process.latest_checkpoint if query.number is None else query.number
     if not 1 <= number <= process.latest_checkpoint:
         raise NotFound(f"Checkpoint {number} not found", "unknown_checkpoint")
-    name = _checkpoint_name(ctx, process, number)
+    name = checkpoint_object(ctx, process, number)
     return download(ctx, process, name, payload_bytes(process.schema))
-
-
-def _checkpoint_name(ctx: Context, process: Process, number: int) -> str:
-    """Checkpoint 1 is the hosted model; checkpoint n is where cycle n-1's summary says."""
-    made_by = ctx.repo.get_cycle(process.id, number - 1) if number > 1 else None
-    if made_by is not None and made_by.summary is not None and made_by.summary.checkpoint_object:
-        return made_by.summary.checkpoint_object
-    return blobs.checkpoint_object(process.id, number)
 
 
 def post_metrics(ctx: Context, request: api.Metrics) -> Stored:

@@ -17,6 +17,7 @@ from typing import Any
 
 from firegrid import api
 from firegrid.domain.acceptance import may_rejoin
+from firegrid.domain.buffered import LOBBY
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
 from firegrid.domain.errors import BadRequest
 from firegrid.domain.model import Process, Worker, token_holders_to_clear
@@ -93,9 +94,10 @@ def invite(ctx: Context, process_id: str) -> list[str]:
 def _invitation_round(ctx: Context, process: Process, cycle: Cycle) -> list[str]:
     now = ctx.clock.now()
     config = process.server_config
-    assignments = ctx.repo.assignments(process.id, cycle.seq)
+    # Async: places are the lobby's, for the whole process; invitations are per buffer.
+    assignments = ctx.repo.assignments(process.id, LOBBY if config.is_async else cycle.seq)
     invitations = ctx.repo.invitations(process.id, cycle.seq)
-    assigned_now = {a.worker_id for a in assignments if a.epoch == cycle.epoch}
+    assigned_now = {a.worker_id for a in assignments if config.is_async or a.epoch == cycle.epoch}
     invited_now = {w for w, epoch in invitations.items() if epoch == cycle.epoch}
     taken = {a.worker_id for a in assignments} | set(invitations)
     pool = {
@@ -198,6 +200,9 @@ def after_cycle_completed(ctx: Context, process_id: str, seq: int) -> None:
     workers = ctx.repo.process_workers(process_id)
     if process.status is ProcessStatus.COMPLETED:
         push(ctx, process, PushType.FL_COMPLETED, workers, cycle=None, key=f"fl_completed-{seq}")
+        return
+    if process.server_config.is_async:  # devices keep training: no push per checkpoint
+        invite(ctx, process_id)
         return
     next_cycle = ctx.repo.get_cycle(process_id, seq + 1)
     if next_cycle is None:

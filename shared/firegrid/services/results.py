@@ -35,6 +35,9 @@ class Offer:
     cycle: Cycle
     assignment: Assignment
     request_key: str
+    deadline: datetime | None
+    checkpoint: int | None = None
+    """Async: the checkpoint the worker trains from (None: a sync cycle's)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,18 @@ class ProcessReport:
     """The cycle before the current one: what its closing produced."""
     epsilon: float | None = None
     """``dp``: the privacy spent by the cycles that made the latest checkpoint."""
+    buffering: Buffering | None = None
+    """Async: the buffer and the places."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Buffering:
+    """``admin/status`` of an async process."""
+
+    places_taken: int
+    """Devices training now (of ``max_concurrency``)."""
+    mean_staleness: float | None
+    """Of the reports aggregated into the latest checkpoint (None before one)."""
 
 
 @dataclass(frozen=True, kw_only=True)
