@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from firegrid.client.data import ClientData, FederatedDataset
-    from firegrid.client.simulator import SimulationSummary
+    from firegrid.client.simulator import SimulationSummary, Simulator
     from firegrid.local.stack import StackInfo
     from firegrid.operator_client import OperatorClient
 
@@ -91,6 +91,9 @@ class DemoOptions:
     """Simulated devices."""
     cycles: int = 20
     """Training cycles (checkpoints after the first, in async mode)."""
+    budget_s: float | None = None
+    """Train for this many seconds instead, cycles unlimited; the process is deleted
+    after (it would train on, unattended)."""
     alpha: float = 0.5
     """Dirichlet label skew of the devices' shards."""
     online: float = 0.8
@@ -189,7 +192,8 @@ def _host(stack: StackInfo, version: str, options: DemoOptions) -> bytes:
 
 def server_config(options: DemoOptions) -> dict[str, Any]:
     """What the demo hosts: how devices take part, the strategy, and privacy."""
-    config: dict[str, Any] = {"cycle_length": options.cycle_length, "num_cycles": options.cycles}
+    cycles = 0 if options.budget_s else options.cycles  # 0: unlimited
+    config: dict[str, Any] = {"cycle_length": options.cycle_length, "num_cycles": cycles}
     config |= _participation(options)
     if options.strategy in SERVER_OPTIMIZERS:
         config["server_optimizer"] = dict(SERVER_OPTIMIZERS[options.strategy])
@@ -304,13 +308,17 @@ class HeldoutWatch:
         self._thread.join()
         return list(self.heldout)
 
+    def stop_at(self, budget_s: float) -> list[Scored]:
+        """Stop now; the checkpoints that appeared within ``budget_s``."""
+        self._stop.set()
+        self._thread.join()
+        return [scored for scored in self.heldout if scored.wall_s <= budget_s]
+
 
 def run_demo(stack: StackInfo, options: DemoOptions) -> DemoRun:
     """Train; the held-out accuracy of each checkpoint with its wall time."""
     import torch
 
-    from firegrid.client.inbox import LocalFcmInbox
-    from firegrid.client.simulator import SimulationConfig, Simulator, shards_of
     from firegrid.client.training import accuracy
     from firegrid.operator_client import OperatorClient
     from firegrid.plans import load_plan
@@ -321,17 +329,46 @@ def run_demo(stack: StackInfo, options: DemoOptions) -> DemoRun:
     plan = _host(stack, version, options)
     operator = OperatorClient(stack.base_url, stack.admin_token)
     evaluator = load_plan(plan)
-    print(
-        f"hosted {MODEL_NAME} {version}: {options.strategy} {options.mode}"
-        f"{' with dp' if options.dp else ''}, {options.devices} devices "
-        f"({options.slow:.0%} slow), Dirichlet alpha {options.alpha}, "
-        f"{len(holdout)} held-out digits, {options.cycles} "
-        f"{'cycles' if options.mode is Mode.SYNC else 'checkpoints'}, {options.wake} wake-ups"
-    )
+    print(f"hosted {MODEL_NAME} {version}: {_describe(options)}, {len(holdout)} held-out digits")
     watch = HeldoutWatch(
         operator, version, lambda checkpoint: accuracy(evaluator, checkpoint, holdout.x, holdout.y)
     )
-    simulator = Simulator(
+    summary = _simulator(stack, options, dataset, version).run()
+    if options.budget_s:
+        heldout = watch.stop_at(options.budget_s)
+    else:
+        heldout = watch.finish(options.cycles + 1)
+    print(summary.table())
+    epsilon = (operator.status(MODEL_NAME, version).get("privacy") or {}).get("epsilon")
+    if options.out is not None:
+        _plot(operator, version, options, heldout)
+    if options.budget_s:
+        operator.delete_process(MODEL_NAME, version)
+    return DemoRun(heldout=heldout, epsilon=epsilon, summary=summary)
+
+
+def _describe(options: DemoOptions) -> str:
+    length = (
+        f"{options.budget_s:g}s of training"
+        if options.budget_s
+        else f"{options.cycles} {'cycles' if options.mode is Mode.SYNC else 'checkpoints'}"
+    )
+    return (
+        f"{options.strategy} {options.mode}{' with dp' if options.dp else ''}, "
+        f"{options.devices} devices ({options.slow:.0%} slow), Dirichlet alpha "
+        f"{options.alpha}, {length}, {options.wake} wake-ups"
+    )
+
+
+def _simulator(
+    stack: StackInfo, options: DemoOptions, dataset: FederatedDataset, version: str
+) -> Simulator:
+    from firegrid.client.inbox import LocalFcmInbox
+    from firegrid.client.simulator import SimulationConfig, Simulator, shards_of
+
+    time_limit_s = options.budget_s or max(600.0, options.cycles * options.cycle_length * 5)
+    slow_delay_s = options.cycle_length if options.slow_delay is None else options.slow_delay
+    return Simulator(
         stack.base_url,
         MODEL_NAME,
         shards_of(dataset),
@@ -341,24 +378,16 @@ def run_demo(stack: StackInfo, options: DemoOptions) -> DemoRun:
             online_fraction=options.online,
             dropout=options.dropout,
             slow_fraction=options.slow,
-            slow_delay_s=options.cycle_length if options.slow_delay is None else options.slow_delay,
+            slow_delay_s=slow_delay_s,
             latency_s=options.latency,
             seed=options.seed,
-            time_limit_s=max(600.0, options.cycles * options.cycle_length * 5),
+            time_limit_s=time_limit_s,
         ),
         version=version,
-        expected_cycles=options.cycles,
+        expected_cycles=None if options.budget_s else options.cycles,
         progress=sys.stderr.isatty(),
         inbox=LocalFcmInbox(stack.fcm_url) if options.wake is Wake.PUSH else None,
     )
-    summary = simulator.run()
-    heldout = watch.finish(options.cycles + 1)
-    print(summary.table())
-    status = operator.status(MODEL_NAME, version)
-    epsilon = (status.get("privacy") or {}).get("epsilon")
-    if options.out is not None:
-        _plot(operator, version, options, heldout)
-    return DemoRun(heldout=heldout, epsilon=epsilon, summary=summary)
 
 
 def _plot(

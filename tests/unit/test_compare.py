@@ -1,12 +1,12 @@
 """The strategies comparison (``python -m bench.compare``): its time to 90%, its fairness
-(same devices, same seed, same number of device updates), its table and its plot."""
+(same devices, same seed, same wall budget), its table and its plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from bench.compare import settings, table, time_to_accuracy
-from firegrid.demo import Mode, Scored
+from firegrid.demo import Mode, Scored, Strategy
 from firegrid.plots import plot_accuracy_vs_time
 
 CURVE = [Scored(1, 0.0, 0.1), Scored(2, 4.0, 0.85), Scored(3, 9.5, 0.9), Scored(4, 12.0, 0.95)]
@@ -29,17 +29,19 @@ def test_a_target_never_reached_has_no_time() -> None:
     assert time_to_accuracy([], 0.5) is None
 
 
-def test_every_setting_gets_the_same_devices_and_the_same_number_of_updates() -> None:
-    chosen = settings(cycles=20)
+def test_every_setting_gets_the_same_devices_seed_and_wall_budget() -> None:
+    chosen = settings(budget_s=60)
     sync = chosen["FedAvg (sync)"]
 
     for options in chosen.values():
-        assert (options.devices, options.seed, options.slow) == (50, 0, 0.2)
+        assert (options.devices, options.seed, options.budget_s) == (50, 0, 60)
         assert (options.latency, options.slow_delay) == (sync.latency, sync.slow_delay)
-        assert (options.online, options.dropout) == (1.0, 0.0)
-        per_checkpoint = options.places if options.mode is Mode.SYNC else options.buffer_size
-        assert options.cycles * (per_checkpoint or 0) == 200
+        assert (options.online, options.dropout, options.places) == (1.0, 0.0, 10)
+    assert [name for name, o in chosen.items() if o.slow != 0.2] == [
+        "FedAvg (sync), no slow devices"
+    ]
     assert chosen["FedBuff (async)"].mode is Mode.ASYNC
+    assert chosen["FedAdam (sync)"].strategy is Strategy.FEDADAM
     assert chosen["FedAvg + DP (sync)"].dp is not None
     assert sync.close_fraction == 1.0  # a synchronous cycle waits for its stragglers
 
@@ -55,9 +57,9 @@ def test_the_table_shows_times_accuracies_epsilon_and_settings_not_run() -> None
 
     lines = table(rows).splitlines()
 
-    assert lines[2] == "| FedAvg (sync) | 28.8 s | 0.930 | 21 | 200 | 80.1 s |"
+    assert lines[2] == "| FedAvg (sync) | 28.8 s | 0.930 | 21 | 200 |"
     assert lines[3].startswith("| FedAvg + DP (sync) (epsilon 21.2) | not reached | 0.850 |")
-    assert lines[4] == "| FedBuff (async) | not run: unknown key 'mode' | | | | |"
+    assert lines[4] == "| FedBuff (async) | not run: unknown key 'mode' | | | |"
 
 
 def test_the_plot_is_a_small_png(tmp_path: Path) -> None:

@@ -20,6 +20,12 @@ def register(subparsers: Any) -> None:
         "--cycles", type=int, default=20, help="training cycles, or async checkpoints (default 20)"
     )
     parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="train for this long instead of --cycles (the process is deleted after)",
+    )
+    parser.add_argument(
         "--alpha", type=float, default=0.5, help="Dirichlet label skew (default 0.5)"
     )
     parser.add_argument("--online", type=float, default=0.8, help="online fraction (default 0.8)")
@@ -99,6 +105,7 @@ def options_of(args: argparse.Namespace) -> DemoOptions:
     return DemoOptions(
         devices=args.devices,
         cycles=args.cycles,
+        budget_s=args.budget,
         alpha=args.alpha,
         online=args.online,
         dropout=args.dropout,
@@ -149,6 +156,6 @@ def demo_command(args: argparse.Namespace) -> int:
     )
     if run.epsilon is not None and options.dp is not None:
         print(f"privacy spent: epsilon {run.epsilon:.2f} at delta {options.dp.delta:g}")
-    if last.checkpoint - 1 != args.cycles:
+    if not args.budget and last.checkpoint - 1 != args.cycles:
         raise CommandError(f"only {last.checkpoint - 1} of {args.cycles} checkpoints were made")
     return 0
