@@ -3,9 +3,12 @@
 It starts the emulator stack, hosts a small CNN for scikit-learn's handwritten
 digits, and lets simulated devices (threads speaking the HTTP protocol, each
 with its own non-IID shard: Dirichlet label skew) train it for many cycles with
-realistic availability. Every checkpoint is evaluated on a held-out test set no
-device trained on; the run ends with a summary, the centralised baseline (same
-model, same data, trained in one place) and ``accuracy_vs_round.png``.
+realistic availability, in synchronous cycles or asynchronously (FedBuff), with
+plain FedAvg or a server optimizer, optionally with differential privacy. Every
+checkpoint is evaluated on a held-out test set no device trained on as soon as it
+appears, with its wall time; the run ends with a summary, the centralised baseline
+(same model, same data, trained in one place) and ``accuracy_vs_round.png``.
+``bench/compare.py`` runs the strategies side by side.
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ class DemoOptions:
     buffer_size: int | None = None
     """Async: reports per checkpoint, FedBuff's K (None: half the places)."""
     max_staleness: int = 10
-    """Async: reports that trained from a checkpoint this many behind are refused."""
+    """Async: a report that trained from a checkpoint more than this many behind the
+    latest is refused (409 ``too_stale``)."""
     concurrency: int = 4
     """Devices working at once (threads)."""
     seed: int = 0
