@@ -264,6 +264,7 @@ def test_with_the_bearer_token_admin_and_tick_answer(app) -> None:
         "extended": [],
         "redriven": [],
         "invited": [],
+        "freed": [],
         "failed": [],
     }
 

@@ -15,7 +15,7 @@ from firegrid.local.stack import StackInfo
 from firegrid.tensors import decode_state
 from tests.common import State, tiny_model
 
-from .support import Api, small_diff, wait_for
+from .support import Api, host_body, small_diff, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,6 @@ def host(api: Api, name: str = "mnist", **server: Any) -> str:
 
 
 def _body(name: str, server: dict[str, Any]) -> dict[str, Any]:
-    from .support import host_body
-
     body = host_body(name=name)
     body["server_config"] = {"cycle_length": 60} | server
     return body

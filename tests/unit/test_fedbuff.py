@@ -13,6 +13,7 @@ from firegrid.domain.aggregation import Step
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import CycleStatus, ProcessStatus
 from firegrid.domain.errors import BadRequest, Conflict
+from firegrid.domain.selection import RoundState, invitations_wanted
 from firegrid.services import cycles, devices
 from firegrid.services.context import Context
 from tests.common import published
@@ -273,3 +274,27 @@ def test_a_buffer_full_before_its_checkpoint_waits_then_follows(ctx, tiny) -> No
     assert cycles.close_cycle(ctx, process_id, 1)
     assert ctx.repo.get_cycle(process_id, 2).status is CycleStatus.COMPLETED
     assert ctx.repo.get_process(process_id).latest_checkpoint == 3
+
+
+def test_the_buffer_step_goes_through_the_server_optimizer_with_its_stored_state(ctx, tiny) -> None:
+    """FedAvgM (momentum 0.9): checkpoint 3 = 2 - (0.9 m_1 + d_2), the momentum read
+    from what buffer 1's closing stored."""
+    fedavgm = {"name": "fedavgm", "server_momentum": 0.9}
+    process_id = host(ctx, tiny, **ASYNC, max_diffs=None, server_optimizer=fedavgm)
+    for value in (1.0, 2.0):
+        for worker, answer in [join(ctx), join(ctx)]:
+            send_report(ctx, worker, answer["request_key"], constant_diff(tiny, value))
+        deliver(ctx, process_id)
+    one, three = checkpoint(ctx, process_id, 1), checkpoint(ctx, process_id, 3)
+    for name in one:
+        np.testing.assert_allclose(three[name], one[name] - (1.0 + 0.9 * 1.0 + 2.0), rtol=1e-6)
+
+
+def test_invitations_top_up_the_free_places() -> None:
+    async_config = config(max_concurrency=5, over_selection=1.3)
+    state = RoundState(assigned=3, invited=0, invited_and_assigned=0)
+    assert invitations_wanted(async_config, state, pool=10) == 3  # ceil(2 * 1.3)
+    busy = RoundState(assigned=3, invited=3, invited_and_assigned=1)
+    assert invitations_wanted(async_config, busy, pool=10) == 1  # 2 still outstanding
+    full = RoundState(assigned=5, invited=0, invited_and_assigned=0)
+    assert invitations_wanted(async_config, full, pool=10) == 0
