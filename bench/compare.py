@@ -8,7 +8,8 @@ slow devices: the stragglers' cost).
     firegrid bench compare ...
 
 Every setting is a ``firegrid demo`` run (``firegrid.demo.run_demo``) on one local stack
-started here and stopped by PID at the end, with the same seed: the same 50 devices, the
+started here (warmed up by a short unmeasured run) and stopped by PID at the end, with
+the same seed: the same 50 devices, the
 same shards (Dirichlet alpha 0.5), the same slow devices (20%, each adding ``SLOW_DELAY_S``
 to the ``LATENCY_S`` every device adds to its training and upload), always online, no
 drop-outs, so speed is the only difference between devices. Ten devices train at once:
@@ -54,6 +55,10 @@ from firegrid.demo import (
 PLOT = Path(__file__).parents[1] / "docs" / "comparison.png"
 TARGET = 0.9
 BUDGET_S = 75.0
+WARM_UP_S = 10.0
+"""An unmeasured run first: on a fresh stack the first checkpoint took twice as long
+(first requests of every function, the emulators' first writes), which would have
+counted against whichever setting ran first."""
 """Seconds of training per setting: synchronous FedAvg reaches 90% in about 40-50 s."""
 LATENCY_S = 0.5
 SLOW_DELAY_S = 2.5
@@ -163,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     with TemporaryDirectory(prefix="firegrid-compare-") as directory:
         stack = start_stack(Path(directory), tick_seconds=1)
         try:
+            print("== warm-up (not measured)", flush=True)
+            run_demo(stack, dataclasses.replace(base_options(WARM_UP_S), slow=0.0))
             for name, options in chosen.items():
                 print(f"== {name}", flush=True)
                 try:
