@@ -1,8 +1,10 @@
 """The strategies comparison (``python -m bench.compare``): its time to 90%, its fairness
-(same devices, same seed, same wall budget), its table and its plot."""
+(same devices, same seed, same wall budget), its table and its plot; the eta sweep
+behind the demo's server optimizers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from bench.compare import settings, table, time_to_accuracy
@@ -69,3 +71,17 @@ def test_the_plot_is_a_small_png(tmp_path: Path) -> None:
 
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG") and 10_000 < len(data) < 200_000
+
+
+def test_the_eta_sweep_scores_fedavg_and_every_eta_of_both_optimizers(tmp_path: Path) -> None:
+    from bench import server_eta
+
+    out = tmp_path / "eta.json"
+    assert server_eta.main(["--rounds", "1", "--out", str(out)]) == 0
+
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 + 2 * len(server_eta.ETAS)
+    assert rows[0]["contender"] == "fedavg"
+    for row in rows:
+        (score,) = row["heldout"]
+        assert 0.0 <= score <= 1.0
