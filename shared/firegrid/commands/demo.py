@@ -4,6 +4,7 @@ demo on it; see ``firegrid.demo``."""
 from __future__ import annotations
 
 import argparse
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +39,9 @@ def register(subparsers: Any) -> None:
         "--latency", type=float, default=0.0, help="seconds every device adds to its training"
     )
     parser.add_argument("--cycle-length", type=float, default=6.0, help="seconds per cycle")
-    parser.add_argument(
-        "--strategy",
-        type=Strategy,
-        choices=list(Strategy),
-        default=Strategy.FEDAVG,
-        help="server update: FedAvg (default) or Flower's FedAdam / FedYogi",
-    )
-    parser.add_argument(
-        "--mode",
-        type=Mode,
-        choices=list(Mode),
-        default=Mode.SYNC,
-        help="synchronous cycles (default) or asynchronous FedBuff",
-    )
-    parser.add_argument(
-        "--wake",
-        type=Wake,
-        choices=list(Wake),
-        default=Wake.PUSH,
-        help="devices act on FCM pushes (default) or poll with cycle-request",
-    )
+    _choice(parser, "--strategy", Strategy.FEDAVG, "server update: FedAvg, FedAdam or FedYogi")
+    _choice(parser, "--mode", Mode.SYNC, "synchronous cycles or asynchronous FedBuff")
+    _choice(parser, "--wake", Wake.PUSH, "devices act on FCM pushes or poll with cycle-request")
     parser.add_argument(
         "--dp",
         type=privacy,
@@ -86,6 +69,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--keep-stack", action="store_true", help="leave the stack running")
     add_stack_dir(parser)
     parser.set_defaults(handler=demo_command)
+
+
+def _choice(parser: argparse.ArgumentParser, flag: str, default: StrEnum, text: str) -> None:
+    """An option whose values are ``default``'s enum."""
+    kind = type(default)
+    help_text = f"{text} (default {default})"
+    parser.add_argument(flag, type=kind, choices=list(kind), default=default, help=help_text)
 
 
 def privacy(text: str) -> Privacy:
