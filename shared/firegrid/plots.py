@@ -8,7 +8,7 @@ one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +16,17 @@ from firegrid.domain.rounds import RoundStat, round_stats
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-__all__ = ["Heldout", "RoundStat", "draw_accuracy", "format_table", "plot_accuracy", "round_stats"]
+__all__ = [
+    "Heldout",
+    "RoundStat",
+    "draw_accuracy",
+    "format_table",
+    "plot_accuracy",
+    "plot_accuracy_vs_time",
+    "round_stats",
+]
 
 Heldout = Sequence[tuple[int, float]]
 """(round, accuracy of that round's checkpoint on the held-out set)."""
@@ -76,13 +85,44 @@ def plot_accuracy(
     stats: Sequence[RoundStat], out: Path, *, title: str, heldout: Heldout | None = None
 ) -> Path:
     """Save the accuracy-vs-round plot as a PNG at ``out``; return ``out``."""
+    figure = _figure((7, 4.5))
+    draw_accuracy(figure.add_subplot(), stats, title=title, heldout=heldout)
+    return _save(figure, out, dpi=120)
+
+
+Curve = Sequence[tuple[float, float]]
+"""(seconds since training started, held-out accuracy of the checkpoint seen then)."""
+
+
+def plot_accuracy_vs_time(
+    curves: Mapping[str, Curve], out: Path, *, title: str, target: float | None = None
+) -> Path:
+    """One line per setting, accuracy against wall time, as a small PNG at ``out``."""
+    figure = _figure((6.4, 3.8))
+    ax = figure.add_subplot()
+    for label, curve in curves.items():
+        ax.plot([t for t, _ in curve], [a for _, a in curve], marker=".", label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"{target:.0%}")
+    ax.set(title=title, xlabel="wall time since training started (s)", ylabel="held-out accuracy")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(figure, out, dpi=100)
+
+
+def _figure(size: tuple[float, float]) -> Figure:
+    """A figure on its own Agg canvas, so pyplot's backend is never touched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)
-    draw_accuracy(figure.add_subplot(), stats, title=title, heldout=heldout)
+    return figure
+
+
+def _save(figure: Figure, out: Path, *, dpi: int) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, format="png", dpi=120)
+    figure.savefig(out, format="png", dpi=dpi)
     return out

@@ -10,6 +10,15 @@ import pytest
 from firegrid.client.device import Device, LocalData, Outcome
 from firegrid.client.protocol import DeviceClient, ServerError
 from firegrid.client.simulator import SimulationConfig, Simulator
+from firegrid.demo import (
+    DemoOptions,
+    Mode,
+    Privacy,
+    Strategy,
+    centralised_accuracy,
+    digits_data,
+    run_demo,
+)
 from firegrid.operator_client import OperatorClient
 from firegrid.tensors import decode_state
 
@@ -112,17 +121,38 @@ def test_simulator_dropouts_leave_the_cycle_to_close_at_the_deadline(
     assert status["status"] == "completed" and status["checkpoints"] == [1, 2]
 
 
-def test_short_demo_writes_the_plot(clean_stack, ticker, tmp_path: Path) -> None:
-    from firegrid.demo import DemoOptions, run_demo
-
+def test_short_demo_with_a_strategy_and_dp_writes_the_plot(
+    clean_stack, ticker, tmp_path: Path
+) -> None:
     options = DemoOptions(
         devices=6, cycles=2, cycle_length=2, online=1, dropout=0, slow=0,
+        strategy=Strategy.FEDADAM, dp=Privacy(clip_norm=1.0, noise_multiplier=0.5),
         out=tmp_path / "plot.png",
     )  # fmt: skip
-    heldout, baseline = run_demo(clean_stack, options)
-    assert [n for n, _ in heldout] == [1, 2, 3]
-    assert 0.8 < baseline <= 1.0
+    run = run_demo(clean_stack, options)
+    assert [scored.checkpoint for scored in run.heldout] == [1, 2, 3]
+    times = [scored.wall_s for scored in run.heldout]
+    assert times[0] == 0.0 and times == sorted(times) and times[-1] > 0
+    assert run.epsilon is not None and run.epsilon > 0  # from admin/status
+    status = OperatorClient(clean_stack.base_url, clean_stack.admin_token).status("digits-cnn")
+    assert status["privacy"]["epsilon"] == run.epsilon
+    assert 0.8 < centralised_accuracy(*digits_data(options)) <= 1.0
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_short_async_demo_makes_its_checkpoints_from_returning_devices(clean_stack, ticker) -> None:
+    """FedBuff with 2 places and buffers of 2 among 4 devices: 4 checkpoints need devices
+    that reported to be invited again."""
+    options = DemoOptions(
+        devices=4, cycles=4, cycle_length=10, online=1, dropout=0, slow=0,
+        mode=Mode.ASYNC, places=2, buffer_size=2, max_staleness=3, out=None,
+    )  # fmt: skip
+    run = run_demo(clean_stack, options)
+
+    assert [scored.checkpoint for scored in run.heldout] == [1, 2, 3, 4, 5]
+    assert run.summary.outcomes["reported"] >= 8 and run.epsilon is None
+    status = OperatorClient(clean_stack.base_url, clean_stack.admin_token).status("digits-cnn")
+    assert status["status"] == "completed"
 
 
 def test_simulate_command_trains_on_leaf_synthetic_data(clean_stack, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Each device is a ``firegrid.client.device.Device`` speaking HTTP. Accepted
 devices train and report, unless they drop out (``dropout``) or are slow
 (``slow_fraction``, reporting ``slow_delay_s`` later, possibly after the
-deadline). Concurrency is bounded. Two ways to decide when a device asks:
+deadline); every device may add a ``latency_s``. Concurrency is bounded. Two
+ways to decide when a device asks:
 
 * push (with an inbox): devices register an FCM token and act on pushes only:
   ``request_for_cycle``, ``cycle_completed`` and ``cycle_reset`` make an online
@@ -56,6 +57,9 @@ class SimulationConfig:
     """Fraction of devices that are slow."""
     slow_delay_s: float = 2.0
     """Extra seconds a slow device takes before reporting."""
+    latency_s: float = 0.0
+    """Seconds every device adds before reporting: a phone trains and uploads slower than
+    this machine's CPU, and the stragglers' effect depends on the ratio."""
     poll_s: float = 0.25
     """Pause between waves."""
     time_limit_s: float = 600.0
@@ -153,6 +157,7 @@ class Simulator:
         self._expected_cycles = expected_cycles
         self._progress = progress
         self._inbox = inbox
+        self._process = {"model": model} | ({"version": version} if version else {})
         self._by_token = {f"sim-{config.seed}-{i}": d for i, d in enumerate(self._devices)}
         self.summary = SimulationSummary()
         self.last_accuracy: float | None = None
@@ -196,7 +201,7 @@ class Simulator:
                 due.append((waiting, partial(self._take_part, waiting, key)))
         for push in self._inbox.poll():
             sim = self._by_token.get(push.token)
-            if sim is None or sim.done:
+            if sim is None or sim.done or not self._about_this_process(push.data):
                 continue
             kind = push.data.get("type")
             if kind == PushType.FL_COMPLETED:
@@ -217,6 +222,11 @@ class Simulator:
                 due.append((sim, partial(self._take_part, sim, key)))
         self._rng.shuffle(due)  # devices answer a push in no particular order
         return due
+
+    def _about_this_process(self, data: dict[str, str]) -> bool:
+        """A token gets every process's pushes (an app filters them, as here): one run's
+        ``fl_completed`` must not stop the next run's devices."""
+        return all(data.get(key) == value for key, value in self._process.items())
 
     def _join_pool(self, entry: tuple[str, _SimulatedDevice]) -> None:
         token, sim = entry
@@ -254,7 +264,7 @@ class Simulator:
             return sim.device.train_and_report(
                 reply,
                 drop=self._drops_out(sim, reply.cycle_id),
-                delay_s=self.config.slow_delay_s if sim.slow else 0.0,
+                delay_s=self.config.latency_s + (self.config.slow_delay_s if sim.slow else 0.0),
             )
         except (ServerError, requests.RequestException) as error:
             log.warning("device %s: %s", sim.device.worker_id, error)

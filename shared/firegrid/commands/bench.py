@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "admission": "bench.admission:main",
     "cycle": "bench.cycle:main",
     "fanout": "bench.fanout:main",
+    "compare": "bench.compare:main",
 }
 """Benchmark name -> ``module:function`` of its entry point."""
 
