@@ -153,6 +153,7 @@ def test_the_console_shows_the_live_cycle_as_admin_status_does(
     assert shown.nth(1).locator("td").nth(1).inner_text() == "closed"
     assert shown.nth(1).locator("td").nth(2).inner_text() == "2"
     assert page.locator("#pushes tbody tr").count() == len(pool["last_sends"]) > 0
+    assert page.locator("#checkpoint").input_value() == str(status["latest_checkpoint"])
     assert page.evaluate("sessionStorage.getItem('firegrid.adminToken')") == (
         training.stack.admin_token
     )

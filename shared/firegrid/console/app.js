@@ -18,6 +18,7 @@ const state = {
   rounds: [], // round summaries drawn so far, for `roundsOf`
   roundsOf: null,
   deadlineAt: null, // Date.now() ms at the current cycle's deadline, on the server's clock
+  pickedCheckpoint: null, // the operator's choice; until then the list follows the latest
   timer: null,
 };
 
@@ -159,6 +160,7 @@ function selectedFromHash() {
 
 function select(process) {
   state.selected = { name: process.name, version: process.version };
+  state.pickedCheckpoint = null;
   history.replaceState(null, "", `#${query(state.selected)}`);
   refresh().catch(onRefreshError);
 }
@@ -248,9 +250,9 @@ function renderCountdown() {
 
 function renderCheckpoints(checkpoints) {
   const select = $("checkpoint");
-  const chosen = select.value;
+  const chosen = state.pickedCheckpoint;
   select.replaceChildren(...[...checkpoints].reverse().map((n) => el("option", { value: n }, n)));
-  if (checkpoints.includes(Number(chosen))) select.value = chosen;
+  if (chosen !== null && checkpoints.includes(Number(chosen))) select.value = chosen;
 }
 
 function renderPushes(sends) {
@@ -404,6 +406,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("tick").addEventListener("click", tick);
   $("push").addEventListener("click", push);
   $("download").addEventListener("click", download);
+  $("checkpoint").addEventListener("change", () => {
+    state.pickedCheckpoint = $("checkpoint").value;
+  });
   setInterval(renderCountdown, 1000);
   start();
 });
