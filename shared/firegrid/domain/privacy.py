@@ -127,6 +127,11 @@ class DpConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def clip_norm_after(self, chosen: float | None) -> float:
+        """The clip norm of a closing: the one the closing before ``chosen`` (adaptive),
+        ``clip_norm`` before any closing or with a fixed clip norm."""
+        return chosen if chosen is not None and self.target_quantile is not None else self.clip_norm
+
     @property
     def sum_noise_multiplier(self) -> float | None:
         """The noise multiplier of the clipped sum: z, or adaptive the paper's z_delta

@@ -292,14 +292,12 @@ def _clip_norm(ctx: Context, process: Process, cycle: Cycle) -> float | None:
     published this cycle's checkpoint stored (``clip_norm`` for the first cycle), so a
     closing done again clips as the first attempt did and only published updates count."""
     dp = process.server_config.dp
-    if dp is None or dp.target_quantile is None:
-        return dp.clip_norm if dp else None
-    previous = _previous_summary(ctx, process, cycle)
-    if previous is None:
-        return dp.clip_norm
-    if previous.next_clip_norm is None:
+    if dp is None:
+        return None
+    previous = _previous_summary(ctx, process, cycle) if dp.target_quantile else None
+    if previous is not None and previous.next_clip_norm is None:
         raise AggregationFailed(f"cycle {cycle.seq - 1} has no adaptive clip norm")
-    return previous.next_clip_norm
+    return dp.clip_norm_after(previous.next_clip_norm if previous else None)
 
 
 def _privatize(

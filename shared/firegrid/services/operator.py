@@ -73,10 +73,7 @@ def _clip_norm(process: Process, latest: CycleSummary | None) -> float | None:
     """``dp``: the clip norm of the next closing: adaptive, the one the closing that made
     the latest checkpoint chose (``clip_norm`` before one); else ``clip_norm``."""
     dp = process.server_config.dp
-    if dp is None:
-        return None
-    chosen = latest.next_clip_norm if latest else None
-    return dp.clip_norm if chosen is None else chosen
+    return dp.clip_norm_after(latest.next_clip_norm if latest else None) if dp else None
 
 
 def retrieve_model(ctx: Context, query: api.CheckpointQuery) -> bytes | SignedUrl:
