@@ -323,6 +323,7 @@ def _(result: ProcessReport) -> flask.Response:
             "num_diffs": summary.num_diffs if summary else None,
             "total_samples": summary.total_samples if summary else None,
             "epsilon": summary.epsilon if summary else None,
+            "next_clip_norm": summary.next_clip_norm if summary else None,
             "skipped": dict(result.previous.skipped),
         }
     return _json(
@@ -344,7 +345,7 @@ def _(result: ProcessReport) -> flask.Response:
                 "assigned": pool.assigned,
                 "last_sends": [{k: _iso(v) for k, v in s.items()} for s in pool.last_sends],
             },
-            "privacy": _privacy(process, result.epsilon),
+            "privacy": _privacy(process, result),
             "mode": process.server_config.mode,
             "buffering": _buffering(process, result),
             "server_config": process.server_config.to_dict() | {"authentication": "(hidden)"},
@@ -352,17 +353,19 @@ def _(result: ProcessReport) -> flask.Response:
     )
 
 
-def _privacy(process: Process, epsilon: float | None) -> dict[str, Any] | None:
-    """``dp``: the privacy spent so far (epsilon None before the first closing)."""
+def _privacy(process: Process, result: ProcessReport) -> dict[str, Any] | None:
+    """``dp``: the privacy spent so far (epsilon None before the first closing) and the
+    clip norm the next closing uses (moving with ``target_quantile``)."""
     dp = process.server_config.dp
     if dp is None:
         return None
     return {
-        "epsilon": epsilon,
+        "epsilon": result.epsilon,
         "delta": dp.delta,
         "noise_multiplier": dp.noise_multiplier,
-        "clip_norm": dp.clip_norm,
+        "clip_norm": result.clip_norm,
         "max_epsilon": dp.max_epsilon,
+        "target_quantile": dp.target_quantile,
     }
 
 
@@ -399,6 +402,7 @@ def _history_line(cycle: Cycle, process: Process) -> dict[str, Any]:
         "duration_s": cycle.duration_s(),
         "num_diffs": summary.num_diffs if summary else None,
         "total_samples": summary.total_samples if summary else None,
+        "next_clip_norm": summary.next_clip_norm if summary else None,
         "resets": resets,
         "extensions": extensions,
         "skipped": dict(cycle.skipped),

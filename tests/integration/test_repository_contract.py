@@ -373,6 +373,7 @@ def test_complete_cycle_opens_the_next_and_moves_the_process_on(repo: Repository
         optimizer_state_object="o2",
         epsilon=1.25,
         privacy_spent={"20/100": 3, "5/100": 1},  # map keys with a slash
+        next_clip_norm=0.75,
     )
 
     def progressed(p: Process) -> Process | None:

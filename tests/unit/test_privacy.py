@@ -105,7 +105,7 @@ def test_clipping_bounds_each_diff_and_averages_uniformly(tiny) -> None:
 def test_the_noise_has_std_z_times_s_over_m() -> None:
     config = privacy.DpConfig(clip_norm=2.0, noise_multiplier=1.5, delta=1e-5)
     delta = {"w": np.zeros((400, 500)), "b": np.zeros(1000)}
-    privacy.add_noise(delta, config.noise_std(10), np.random.default_rng(12345))
+    privacy.add_noise(delta, config.noise_std(10, 2.0), np.random.default_rng(12345))
     values = np.concatenate([v.reshape(-1) for v in delta.values()])
     assert abs(values.std() / (1.5 * 2.0 / 10) - 1) < 0.01
     assert abs(values.mean()) < 0.01 * 0.3
@@ -190,6 +190,7 @@ def test_training_completes_before_the_budget_would_be_exceeded(tiny) -> None:
         "noise_multiplier": 1.0,
         "clip_norm": 1.0,
         "max_epsilon": budget,
+        "target_quantile": None,
     }
 
 

@@ -152,6 +152,7 @@ def cycle_doc(cycle: Cycle) -> Document:
         "epsilon": summary.epsilon if summary else None,
         "privacy_spent": _spent(summary.privacy_spent) if summary else None,
         "mean_staleness": summary.mean_staleness if summary else None,
+        "next_clip_norm": summary.next_clip_norm if summary else None,
     }
 
 
@@ -172,6 +173,7 @@ def cycle_from(process_id: str, data: Document) -> Cycle:
             epsilon=data.get("epsilon"),
             privacy_spent=_spent(data.get("privacy_spent")),
             mean_staleness=data.get("mean_staleness"),
+            next_clip_norm=data.get("next_clip_norm"),
         )
     return Cycle(
         process_id=process_id,

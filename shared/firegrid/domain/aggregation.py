@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -121,6 +121,8 @@ class Step:
     """The averaged diff, subtracted from the checkpoint (times ``server_lr``)."""
     num_diffs: int
     total_weight: float
+    within_clip: int | None = None
+    """``clip_norm``: the diffs whose norm was at most it (adaptive clipping's count)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,12 +224,18 @@ def mean(template: Tensors, sources: DiffSources, options: Options) -> Step:
 
 def clipped_mean(template: Tensors, sources: DiffSources, clip_norm: float) -> Step:
     """DP-FedAvg's average: each diff scaled to L2 norm at most ``clip_norm`` (over all its
-    tensors), then the uniform mean, so one diff moves it by at most ``clip_norm / m``."""
+    tensors), then the uniform mean, so one diff moves it by at most ``clip_norm / m``.
+    Counts the diffs left as they were, for adaptive clipping's quantile estimate."""
+    within = 0
 
     def weigh(contribution: Contribution) -> tuple[float, float]:
-        return clip_factor(contribution.diff, clip_norm), 1.0
+        nonlocal within
+        factor = clip_factor(contribution.diff, clip_norm)
+        within += factor == 1.0
+        return factor, 1.0
 
-    return _weighted_sum(template, sources.whole(), weigh)
+    step = _weighted_sum(template, sources.whole(), weigh)
+    return replace(step, within_clip=within)
 
 
 def clip_factor(diff: Tensors, clip_norm: float) -> float:

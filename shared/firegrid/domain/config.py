@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from firegrid.domain import limits
@@ -271,8 +271,16 @@ class ServerConfig:
             staleness_exponent=_non_negative(fields, "staleness_exponent", 0.5),
         )
         config._check_mode(fields)
+        if config.dp is not None:
+            config = replace(config, dp=config.dp.for_cohort(config.expected_diffs))
         config._check_consistency()
         return config
+
+    @property
+    def expected_diffs(self) -> int:
+        """Diffs a synchronous cycle is expected to aggregate: ``max_diffs`` closes it,
+        else at most ``max_workers`` report (1 with neither: no cohort to expect)."""
+        return self.max_diffs or self.max_workers or 1
 
     def _check_mode(self, fields: Fields) -> None:
         """Async keys need ``mode: "async"``; async needs its own keys and refuses those
@@ -325,6 +333,13 @@ class ServerConfig:
             raise _bad(
                 "'dp' needs 'max_workers' at most 'fanout_threshold': a closing with dp is "
                 "not fanned out"
+            )
+        if dp.sum_noise_multiplier is None:
+            raise _bad(
+                f"'dp.clipped_count_stddev' ({dp.clipped_count_stddev:g}) leaves no noise for "
+                f"the sum: adaptive clipping splits 'noise_multiplier' z as z_delta = "
+                f"(z^-2 - (2 sigma_b)^-2)^(-1/2), so it needs 2 * clipped_count_stddev > z "
+                f"({dp.noise_multiplier:g}); the default is m / 20 with m = {self.expected_diffs}"
             )
         if dp.max_epsilon is None or dp.population is None:
             return  # with the pool as population, the closing checks it

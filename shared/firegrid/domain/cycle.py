@@ -253,6 +253,8 @@ class CycleSummary:
     """``dp``: the privacy spent by every cycle up to this one, at ``dp.delta``."""
     privacy_spent: Mapping[str, int] | None = None
     """``dp``: the cycles up to this one by sampling rate (``privacy.Spent``)."""
+    next_clip_norm: float | None = None
+    """Adaptive clipping: the clip norm the next cycle's closing uses."""
     mean_staleness: float | None = None
     """Async: the mean staleness of the reports this buffer aggregated."""
 

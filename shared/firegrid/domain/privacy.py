@@ -14,13 +14,25 @@ sampling rate, so the epsilon after any cycle is the accountant's composition of
 exactly those events. ``dp-accounting`` is imported only when epsilon is computed (the
 closing functions, and hosting's budget check), since it pulls scipy: the device-facing
 functions never load it.
+
+Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy, "Differentially Private Learning
+with Adaptive Clipping", NeurIPS 2021; TensorFlow Privacy's quantile estimator, as TFF
+uses it): with ``target_quantile`` the clip norm C follows the ``gamma`` quantile of the
+diffs' norms. Each closing counts the diffs within C, noises that count with
+``N(0, sigma_b^2)`` and moves C geometrically (``next_clip_norm``). The count is a second
+Gaussian query on the same cohort, so the paper splits the overall noise multiplier z
+(the accountant's, unchanged) between the two: the sum's is
+``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` (the count's sensitivity is 1/2 once each
+b_i is centred to +-1/2, so its multiplier is ``2 sigma_b``; two Gaussian queries compose
+as one of multiplier ``(z_delta^-2 + (2 sigma_b)^-2)^(-1/2) = z``).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +43,15 @@ from firegrid.domain.fields import Fields
 MAX_CLIP_NORM = 1e6
 MAX_NOISE_MULTIPLIER = 1e3
 MAX_EPSILON = 1e6
+MAX_CLIP_LEARNING_RATE = 10.0
+MAX_COUNT_STDDEV = 1e6
+DEFAULT_CLIP_LEARNING_RATE = 0.2
+"""eta_C: the paper's and TFF's default."""
+COUNT_STDDEV_PER_DIFF = 0.05
+"""sigma_b defaults to ``m / 20`` (the paper's suggestion), m the cycle's expected cohort."""
+MIN_CLIP_NORM = 1e-12
+"""The adaptive clip norm stays above this: at 0 it could never grow again."""
+_ADAPTIVE_KEYS = ("clip_learning_rate", "clipped_count_stddev")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,15 +59,22 @@ class DpConfig:
     """A parsed ``server_config.dp``."""
 
     clip_norm: float
-    """S: each diff is scaled down to at most this L2 norm (over all its tensors)."""
+    """S: each diff is scaled down to at most this L2 norm (over all its tensors); with
+    ``target_quantile``, the first cycle's (later ones take the previous closing's)."""
     noise_multiplier: float
-    """z: the noise's standard deviation is ``z * S / m``."""
+    """z: the noise's standard deviation is ``z * S / m`` (adaptive: ``z_delta * C / m``)."""
     delta: float
     """The delta epsilon is reported at."""
     population: int | None = None
     """N for the sampling rate ``m / N`` (None: the process's registered workers)."""
     max_epsilon: float | None = None
     """Training completes before a cycle would take epsilon above this (None: no budget)."""
+    target_quantile: float | None = None
+    """gamma in (0, 1): adaptive clipping aims C at this quantile of the norms (None: fixed C)."""
+    clip_learning_rate: float | None = None
+    """eta_C of the geometric update (adaptive only; default 0.2)."""
+    clipped_count_stddev: float | None = None
+    """sigma_b, the count's noise (adaptive only; default ``m / 20``: ``for_cohort``)."""
 
     @classmethod
     def parse(cls, fields: Fields) -> DpConfig:
@@ -65,13 +93,73 @@ class DpConfig:
         )
         if config.delta >= 1:
             raise fields.bad("delta", "must be below 1")
-        return config
+        return config._adaptive(fields)
+
+    def _adaptive(self, fields: Fields) -> DpConfig:
+        """The adaptive clipping keys, which mean nothing without ``target_quantile``."""
+        if not fields.present("target_quantile"):
+            for key in _ADAPTIVE_KEYS:
+                if fields.present(key):
+                    raise fields.bad(key, "needs 'dp.target_quantile' (adaptive clipping)")
+            return self
+        quantile = _positive(fields, "target_quantile", 1.0)
+        if quantile >= 1:
+            raise fields.bad("target_quantile", "must be below 1")
+        return replace(
+            self,
+            target_quantile=quantile,
+            clip_learning_rate=_positive(fields, "clip_learning_rate", MAX_CLIP_LEARNING_RATE)
+            if fields.present("clip_learning_rate")
+            else DEFAULT_CLIP_LEARNING_RATE,
+            clipped_count_stddev=_positive(fields, "clipped_count_stddev", MAX_COUNT_STDDEV)
+            if fields.present("clipped_count_stddev")
+            else None,
+        )
+
+    def for_cohort(self, expected_diffs: int) -> DpConfig:
+        """Adaptive without ``clipped_count_stddev``: the paper's ``sigma_b = m / 20``, m
+        the diffs a cycle is expected to aggregate (hosting passes ``max_diffs``, else
+        ``max_workers``), fixed at hosting so the noise split is checked once."""
+        if self.target_quantile is None or self.clipped_count_stddev is not None:
+            return self
+        return replace(self, clipped_count_stddev=COUNT_STDDEV_PER_DIFF * expected_diffs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def noise_std(self, num_diffs: int) -> float:
-        return self.noise_multiplier * self.clip_norm / num_diffs
+    def clip_norm_after(self, chosen: float | None) -> float:
+        """The clip norm of a closing: the one the closing before ``chosen`` (adaptive),
+        ``clip_norm`` before any closing or with a fixed clip norm."""
+        return chosen if chosen is not None and self.target_quantile is not None else self.clip_norm
+
+    @property
+    def sum_noise_multiplier(self) -> float | None:
+        """The noise multiplier of the clipped sum: z, or adaptive the paper's z_delta
+        (None: sigma_b too small for z, refused at hosting)."""
+        if self.clipped_count_stddev is None:
+            return self.noise_multiplier
+        return split_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
+
+    def noise_std(self, num_diffs: int, clip_norm: float) -> float:
+        """The noise of the mean of ``num_diffs`` diffs clipped to ``clip_norm``."""
+        multiplier = self.sum_noise_multiplier
+        if multiplier is None:
+            raise ValueError("the noise split is undefined: 2 * sigma_b <= z")
+        return multiplier * clip_norm / num_diffs
+
+    def next_clip_norm(
+        self, clip_norm: float, within: int, num_diffs: int, rng: np.random.Generator
+    ) -> float | None:
+        """The next cycle's clip norm (None: not adaptive). ``within`` of the ``num_diffs``
+        diffs had norm <= ``clip_norm``; their noised fraction
+        ``b~ = (within + N(0, sigma_b^2)) / m`` moves C geometrically,
+        ``C * exp(-eta_C * (b~ - gamma))``: down while more than gamma fit, up otherwise."""
+        if self.target_quantile is None or self.clip_learning_rate is None:
+            return None
+        stddev = self.clipped_count_stddev or 0.0
+        fraction = (within + rng.normal(0.0, stddev)) / num_diffs
+        moved = clip_norm * math.exp(-self.clip_learning_rate * (fraction - self.target_quantile))
+        return min(MAX_CLIP_NORM, max(MIN_CLIP_NORM, moved))
 
     def epsilon_of(self, spent: Spent) -> float:
         return epsilon(spent, self.noise_multiplier, self.delta)
@@ -82,6 +170,14 @@ def _positive(fields: Fields, key: str, maximum: float) -> float:
     if value is None or value <= 0:
         raise fields.bad(key, "must be > 0")
     return value
+
+
+def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float | None:
+    """z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2) (Andrew et al. 2021, section 3.1): the
+    sum query's share of the overall multiplier z once the count query (multiplier
+    ``2 sigma_b``) took its own. None when ``2 sigma_b <= z``: no share is left."""
+    left = noise_multiplier**-2 - (2 * count_stddev) ** -2
+    return left**-0.5 if left > 0 else None
 
 
 def noise_generator() -> np.random.Generator:
@@ -139,6 +235,8 @@ class Spending:
     """Those cycles, to compose the next closing's epsilon from."""
     exhausted: bool
     """One more cycle could take epsilon above ``max_epsilon``: training completes."""
+    next_clip_norm: float | None = None
+    """Adaptive clipping: the clip norm of the next cycle."""
 
 
 def account(

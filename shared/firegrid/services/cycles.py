@@ -160,6 +160,7 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         stalenesses = [a.staleness or 0 for a in reported]
         weights = damped_weights(base, stalenesses, config.staleness_exponent)
         method = Aggregation.FEDAVG
+    clip_norm = _clip_norm(ctx, process, cycle)
     try:
         if fans_out(len(reported), config):
             step = fanout.gather(ctx, process, seq, reported, weights, skipped)
@@ -173,7 +174,7 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
                 diffs,
                 method=method,
                 trim_fraction=config.trim_fraction,
-                clip_norm=config.dp.clip_norm if config.dp else None,
+                clip_norm=clip_norm,
             )
         usable = step.num_diffs
     except AggregationFailed:
@@ -193,7 +194,7 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
     if step is None or not has_enough(usable, config):
         _reopen(ctx, process, seq, lease, reasons)
         return False
-    spending = _privatize(ctx, process, cycle, step)
+    spending = _privatize(ctx, process, cycle, step, clip_norm)
     updated, optimizer_state = _next_checkpoint(ctx, process, cycle, checkpoint, step)
     _check_finite(updated)
     lease.check()
@@ -214,6 +215,7 @@ def _aggregate(ctx: Context, process: Process, cycle: Cycle, lease: Lease[Cycle]
         epsilon=spending.epsilon if spending else None,
         privacy_spent=spending.spent if spending else None,
         mean_staleness=mean_staleness(reported) if config.is_async else None,
+        next_clip_norm=spending.next_clip_norm if spending else None,
     )
     last = is_last_cycle(seq, config) or (spending is not None and spending.exhausted)
     next_cycle = None if last or config.is_async else new_cycle(process, seq + 1, ctx, published)
@@ -285,21 +287,40 @@ def _previous_summary(ctx: Context, process: Process, cycle: Cycle) -> CycleSumm
     return previous.summary
 
 
-def _privatize(ctx: Context, process: Process, cycle: Cycle, step: Step) -> privacy.Spending | None:
-    """``dp``: Gaussian noise of std ``z * S / m`` added to the clipped mean (in place),
-    and the privacy spent so far. The cycles before are the ones stored with the
-    checkpoint this cycle trained from, so a closing done again counts once."""
-    dp, config = process.server_config.dp, process.server_config
+def _clip_norm(ctx: Context, process: Process, cycle: Cycle) -> float | None:
+    """``dp``: the clip norm of this closing. Adaptive, the one the completion that
+    published this cycle's checkpoint stored (``clip_norm`` for the first cycle), so a
+    closing done again clips as the first attempt did and only published updates count."""
+    dp = process.server_config.dp
     if dp is None:
         return None
-    privacy.add_noise(step.delta, dp.noise_std(step.num_diffs), ctx.noise())
+    previous = _previous_summary(ctx, process, cycle) if dp.target_quantile else None
+    if previous is not None and previous.next_clip_norm is None:
+        raise AggregationFailed(f"cycle {cycle.seq - 1} has no adaptive clip norm")
+    return dp.clip_norm_after(previous.next_clip_norm if previous else None)
+
+
+def _privatize(
+    ctx: Context, process: Process, cycle: Cycle, step: Step, clip_norm: float | None
+) -> privacy.Spending | None:
+    """``dp``: Gaussian noise of std ``z * C / m`` (adaptive: ``z_delta * C / m``) added
+    to the clipped mean (in place), the privacy spent so far and, adaptive, the next
+    clip norm. The cycles before are the ones stored with the checkpoint this cycle
+    trained from, so a closing done again counts once."""
+    dp, config = process.server_config.dp, process.server_config
+    if dp is None or clip_norm is None:
+        return None
+    privacy.add_noise(step.delta, dp.noise_std(step.num_diffs, clip_norm), ctx.noise())
     previous = _previous_summary(ctx, process, cycle)
     before = previous.privacy_spent if previous is not None else {}
     if before is None:
         raise AggregationFailed(f"cycle {cycle.seq - 1} has no privacy accounting")
     population = dp.population or len(ctx.repo.process_workers(process.id))
     next_diffs = config.max_workers or step.num_diffs  # dp requires max_workers
-    return privacy.account(dp, before, step.num_diffs, population, next_diffs)
+    spending = privacy.account(dp, before, step.num_diffs, population, next_diffs)
+    within = step.within_clip or 0
+    next_clip = dp.next_clip_norm(clip_norm, within, step.num_diffs, ctx.noise())
+    return replace(spending, next_clip_norm=next_clip)
 
 
 def _skip(reason: str) -> Callable[[Assignment], Assignment | None]:

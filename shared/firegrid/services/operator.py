@@ -7,7 +7,7 @@ from __future__ import annotations
 from firegrid import api
 from firegrid.domain import limits
 from firegrid.domain.buffered import LOBBY
-from firegrid.domain.cycle import Cycle
+from firegrid.domain.cycle import Cycle, CycleSummary
 from firegrid.domain.diffs import payload_bytes
 from firegrid.domain.errors import BadRequest, NotFound
 from firegrid.domain.keys import pseudonym
@@ -34,6 +34,8 @@ def status(ctx: Context, query: api.ProcessQuery) -> ProcessReport:
     cycle = ctx.repo.get_cycle(process.id, process.current_cycle)
     assigned = ctx.repo.count_assigned(process.id, cycle.seq) if cycle else 0
     reported = ctx.repo.count_reported(process.id, cycle.seq) if cycle else 0
+    made_by = _made_latest(ctx, process)
+    latest = made_by.summary if made_by else None
     return ProcessReport(
         process=process,
         cycle=cycle,
@@ -43,7 +45,8 @@ def status(ctx: Context, query: api.ProcessQuery) -> ProcessReport:
         previous=ctx.repo.get_cycle(process.id, process.current_cycle - 1)
         if process.current_cycle > 1
         else None,
-        epsilon=_epsilon(ctx, process),
+        epsilon=latest.epsilon if latest else None,
+        clip_norm=_clip_norm(process, latest),
         seconds_left=cycle.seconds_left(ctx.clock.now()) if cycle else None,
         buffering=_buffering(ctx, process),
     )
@@ -66,12 +69,11 @@ def _made_latest(ctx: Context, process: Process) -> Cycle | None:
     return ctx.repo.get_cycle(process.id, process.latest_checkpoint - 1)
 
 
-def _epsilon(ctx: Context, process: Process) -> float | None:
-    """The epsilon stored by the closing that made the latest checkpoint (None before one)."""
-    if process.server_config.dp is None:
-        return None
-    made_by = _made_latest(ctx, process)
-    return made_by.summary.epsilon if made_by and made_by.summary else None
+def _clip_norm(process: Process, latest: CycleSummary | None) -> float | None:
+    """``dp``: the clip norm of the next closing: adaptive, the one the closing that made
+    the latest checkpoint chose (``clip_norm`` before one); else ``clip_norm``."""
+    dp = process.server_config.dp
+    return dp.clip_norm_after(latest.next_clip_norm if latest else None) if dp else None
 
 
 def retrieve_model(ctx: Context, query: api.CheckpointQuery) -> bytes | SignedUrl:

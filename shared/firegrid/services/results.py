@@ -117,6 +117,8 @@ class ProcessReport:
     """The cycle before the current one: what its closing produced."""
     epsilon: float | None = None
     """``dp``: the privacy spent by the cycles that made the latest checkpoint."""
+    clip_norm: float | None = None
+    """``dp``: the clip norm the next closing uses (adaptive: the latest closing's choice)."""
     seconds_left: float | None = None
     """Until the current cycle's deadline (None without one)."""
     buffering: Buffering | None = None
