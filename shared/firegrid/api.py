@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from firegrid.domain import limits
+from firegrid.domain import limits, plan_formats
 from firegrid.domain.acceptance import Speeds
 from firegrid.domain.config import ClientConfig, ServerConfig
 from firegrid.domain.errors import BadRequest
 from firegrid.domain.fields import Fields
+from firegrid.domain.plan_formats import PlanFormat
 from firegrid.domain.push import PushType
 
 QUERY = "the query"
@@ -121,7 +122,7 @@ class ModelDownload(Keyed):
 @dataclass(frozen=True, kw_only=True)
 class PlanDownload(Keyed):
     plan_id: str
-    variant: str
+    variant: PlanFormat
     """``receive_operations_as``; ``torch`` by default."""
 
     @classmethod
@@ -131,7 +132,7 @@ class PlanDownload(Keyed):
             worker_id=_worker_id(fields),
             request_key=_required_key(fields, "request_key"),
             plan_id=_required_key(fields, "plan_id"),
-            variant=_key(fields, "receive_operations_as") or "torch",
+            variant=plan_formats.requested(_key(fields, "receive_operations_as") or "torch"),
         )
 
 
@@ -263,7 +264,7 @@ class Metrics:
         return cls(worker_id=worker_id, stats=tuple(MetricEntry.parse(entry) for entry in stats))
 
 
-_PLAN_NAME = re.compile(r"[A-Za-z0-9_]{1,64}", re.ASCII)
+_PLAN_NAME = re.compile(r"[A-Za-z0-9_]{1,64}(\.[a-z]{1,16})?", re.ASCII)
 TRAINING_PLAN = "training_plan"
 
 
@@ -274,7 +275,8 @@ def _plan_names(names: tuple[object, ...], shape: str) -> tuple[str, ...]:
     if checked != names:
         bad = next(name for name in names if name not in checked)
         raise BadRequest(
-            f"plan name {str(bad)[:80]!r} must be 1-64 ASCII letters, digits and _",
+            f"plan name {str(bad)[:80]!r} must be 1-64 ASCII letters, digits and _ "
+            "(then '.format' for a variant: 'training_plan.executorch')",
             "invalid_plan",
         )
     if TRAINING_PLAN not in checked:
@@ -283,6 +285,7 @@ def _plan_names(names: tuple[object, ...], shape: str) -> tuple[str, ...]:
         raise BadRequest(
             f"'plans' must name 1 to {limits.MAX_PLANS} plans, once each", "invalid_plan"
         )
+    plan_formats.check_variants(checked)
     return checked
 
 
@@ -299,9 +302,10 @@ class HostTraining:
     """The safetensors of checkpoint 1; None when ``uploaded`` (PUT to the URLs of
     ``hosting-upload-urls``, for a model too large to carry in the body)."""
     plans: Mapping[str, bytes]
-    """Plan name -> ``torch.export`` program carried inline; empty when uploaded."""
+    """Plan key -> program carried inline (``name``: ``torch.export``; ``name.format``:
+    that plan for another runtime, ``plan_formats``); empty when uploaded."""
     plan_names: tuple[str, ...]
-    """The plans hosted, ``training_plan`` among them."""
+    """The plan keys hosted, ``training_plan`` among them."""
     client_config: ClientConfig
     server_config: ServerConfig
 

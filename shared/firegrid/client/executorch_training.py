@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firegrid.client.training import steps_for
+from firegrid.domain.plan_formats import PlanFormat, recipe_problem
 from firegrid.executorch_plans import TrainingProgram
 from firegrid.tensors import decode_state, encode_state
 
@@ -42,10 +43,9 @@ def _load(program: TrainingProgram, checkpoint: bytes) -> dict[str, npt.NDArray[
 def _sgd(program: TrainingProgram, config: Mapping[str, Any]) -> Any:
     from executorch.extension.training import get_sgd_optimizer
 
-    if config.get("optimizer", "sgd") != "sgd":
-        raise UnsupportedRecipe(
-            f"optimizer '{config['optimizer']}': ExecuTorch's runtime trains with SGD only"
-        )
+    problem = recipe_problem(PlanFormat.EXECUTORCH, config)
+    if problem:
+        raise UnsupportedRecipe(problem)
     return get_sgd_optimizer(
         program.parameters(),
         float(config.get("lr", 0.01)),

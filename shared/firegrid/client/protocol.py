@@ -73,12 +73,15 @@ class DeviceClient(FunctionClient):
         }
         return self._call("GET", "get-model", params=params).content
 
-    def get_plan(self, assignment: Assignment, name: str = "training_plan") -> bytes:
+    def get_plan(
+        self, assignment: Assignment, name: str = "training_plan", variant: str = "torch"
+    ) -> bytes:
+        """The plan for the runtime ``variant`` (``torch`` or ``executorch``)."""
         params = {
             "worker_id": assignment.worker_id,
             "request_key": assignment.request_key,
             "plan_id": assignment.plans[name],
-            "receive_operations_as": "torch",
+            "receive_operations_as": variant,
         }
         return self._call("GET", "get-plan", params=params).content
 

@@ -5,6 +5,7 @@ Worker ids are credentials, so object names carry their pseudonym, never the id.
 
 from __future__ import annotations
 
+from firegrid.domain import plan_formats
 from firegrid.domain.keys import pseudonym
 
 SCRATCH_SUFFIX = ".scratch"
@@ -31,8 +32,13 @@ def optimizer_state_object(process_id: str, number: int, attempt: str) -> str:
     return f"processes/{process_id}/optimizer/{number}-{attempt}.safetensors"
 
 
-def plan_object(process_id: str, plan_name: str) -> str:
-    return f"processes/{process_id}/plans/{plan_name}.pt2"
+def plan_object(process_id: str, plan_key: str) -> str:
+    """A hosted plan's variant (``plan_formats.plan_key``), named for its format."""
+    return f"processes/{process_id}/plans/{_plan_file(plan_key)}"
+
+
+def _plan_file(plan_key: str) -> str:
+    return f"{plan_key}.{plan_formats.EXTENSIONS[plan_formats.split_key(plan_key)[1]]}"
 
 
 def diff_object(process_id: str, seq: int, worker_id: str, epoch: int, attempt: str) -> str:
@@ -57,8 +63,8 @@ def hosting_model_upload(process_id: str) -> str:
     return f"{hosting_upload_prefix(process_id)}model.safetensors{SCRATCH_SUFFIX}"
 
 
-def hosting_plan_upload(process_id: str, plan_name: str) -> str:
-    return f"{hosting_upload_prefix(process_id)}plans/{plan_name}.pt2{SCRATCH_SUFFIX}"
+def hosting_plan_upload(process_id: str, plan_key: str) -> str:
+    return f"{hosting_upload_prefix(process_id)}plans/{_plan_file(plan_key)}{SCRATCH_SUFFIX}"
 
 
 def partial_object(process_id: str, seq: int, group: int, attempt: str) -> str:

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 from firegrid import api
-from firegrid.domain import blobs
+from firegrid.domain import blobs, plan_formats
 from firegrid.domain.acceptance import Rejection, RejectReason, Speeds, reject, screen
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.cycle import Cycle, CycleStatus, ProcessStatus
@@ -170,16 +170,11 @@ def get_model(ctx: Context, request: api.ModelDownload) -> bytes | SignedUrl:
 
 def get_plan(ctx: Context, request: api.PlanDownload) -> bytes | SignedUrl:
     place = _place(ctx, _grant(ctx, request))
-    if request.variant != "torch":
-        raise BadRequest(
-            f"receive_operations_as '{request.variant}' is not available; use 'torch'",
-            "unsupported_plan_format",
-        )
     if request.plan_id not in place.process.plans:
         raise NotFound("Plan ID not found!", "unknown_plan")
-    size = place.process.plan_sizes.get(request.plan_id, 0)
-    name = blobs.plan_object(place.process.id, request.plan_id)
-    return download(ctx, place.process, name, size)
+    sizes = place.process.plan_sizes
+    key = plan_formats.hosted_key(request.plan_id, request.variant, frozenset(sizes))
+    return download(ctx, place.process, blobs.plan_object(place.process.id, key), sizes.get(key, 0))
 
 
 def report_upload_url(ctx: Context, request: api.Keyed) -> UploadGrant:

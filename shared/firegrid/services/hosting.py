@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 from collections.abc import Mapping
 from datetime import datetime
@@ -19,6 +20,7 @@ from firegrid.domain.errors import BadRequest, Conflict, NotFound
 from firegrid.domain.fields import is_reserved_name
 from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
+from firegrid.domain.plan_formats import PlanFormat, recipe_problem, split_key
 from firegrid.manifest import aggregation_memory_bytes
 from firegrid.services.context import Context
 from firegrid.services.results import Deleted, Hosted, HostingUploads
@@ -114,7 +116,7 @@ def _host(
     _check_model(model)
     schema = schema_of(model)
     check_aggregation_fits(schema, server_config, aggregation_memory_bytes())
-    plans = _validate_plans(plan_bytes, model)
+    plans = _validate_plans(plan_bytes, model, client_config)
     del model  # only the bytes are stored: the decoded copy need not outlive validation
 
     existing = ctx.repo.get_process(process_id)
@@ -133,7 +135,7 @@ def _host(
         latest_checkpoint=1,
         key_secret=secrets.token_urlsafe(32),
         schema=schema,
-        plans={name: name for name in plans},
+        plans={name: name for name in plans if split_key(name)[1] is PlanFormat.TORCH},
         plan_sizes={name: len(data) for name, data in plans.items()},
         created_at=ctx.clock.now(),
     )
@@ -223,9 +225,32 @@ def _check_model(model: Mapping[str, Any]) -> None:
             raise BadRequest(f"model tensor '{name}' contains NaN or Inf", "invalid_model")
 
 
-def _validate_plans(plans: Mapping[str, bytes], model: Mapping[str, Any]) -> dict[str, bytes]:
+def _validate_plans(
+    plans: Mapping[str, bytes], model: Mapping[str, Any], client_config: ClientConfig
+) -> dict[str, bytes]:
     from firegrid.plans import validate_plan  # imports torch: hosting only
 
-    for name, data in plans.items():
-        validate_plan(data, model, name)
+    for key, data in plans.items():
+        plan_format = split_key(key)[1]
+        problem = recipe_problem(plan_format, client_config.raw)
+        if problem:
+            raise BadRequest(f"plan '{key}' cannot train this recipe: {problem}", "invalid_plan")
+        if plan_format is PlanFormat.EXECUTORCH:
+            _validate_executorch(data, model, key)
+        else:
+            validate_plan(data, model, key)
     return dict(plans)
+
+
+def _validate_executorch(data: bytes, model: Mapping[str, Any], key: str) -> None:
+    """In ExecuTorch's own runtime: function ``admin`` installs the ``executorch`` extra
+    (firegrid.manifest), the only process besides the devices that has it."""
+    from firegrid.executorch_plans import validate_training_program
+
+    if importlib.util.find_spec("executorch") is None:  # a deployment built without the extra
+        raise BadRequest(
+            f"plan '{key}': this deployment cannot validate ExecuTorch plans "
+            "(function admin needs firegrid[executorch])",
+            "unsupported_plan_format",
+        )
+    validate_training_program(data, model, key)
