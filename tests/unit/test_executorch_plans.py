@@ -14,9 +14,11 @@ import torch
 
 from firegrid import executorch_plans
 from firegrid.client import executorch_training
+from firegrid.client.device import Device, LocalData
 from firegrid.client.models import DigitsCNN
 from firegrid.domain import blobs
 from firegrid.domain.errors import BadRequest
+from firegrid.domain.variants import EXECUTORCH, TORCH, recipe_problem
 from firegrid.executorch_plans import (
     TrainingProgram,
     build_training_program,
@@ -156,6 +158,18 @@ def test_adam_is_refused_with_the_reason() -> None:
         executorch_training.UnsupportedRecipe, match=r"optimizer \[.sgd.\], not .adam."
     ):
         executorch_training._sgd(program, {"optimizer": "adam"})
+
+
+def test_only_the_executorch_variant_refuses_adam() -> None:
+    assert recipe_problem(TORCH, {"optimizer": "adam"}) is None
+    assert recipe_problem(EXECUTORCH, {"optimizer": "sgd", "momentum": 0.9}) is None
+
+
+def test_a_python_device_runs_the_torch_or_the_executorch_plan_only() -> None:
+    data = LocalData(*_batch(4))
+    assert Device("http://127.0.0.1:9", "m", data, runtime=EXECUTORCH).runtime == EXECUTORCH
+    with pytest.raises(ValueError, match="'torch' or 'executorch', not 'layers'"):
+        Device("http://127.0.0.1:9", "m", data, runtime="layers")
 
 
 def test_hosting_accepts_a_program_that_matches_the_model() -> None:

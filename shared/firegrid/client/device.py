@@ -73,6 +73,8 @@ class Device:
     ) -> None:
         """``runtime``: ``torch`` trains the ``torch.export`` plan with torch's autograd;
         ``executorch`` trains the ExecuTorch plan in ExecuTorch's runtime, as a phone."""
+        if runtime not in (TORCH, EXECUTORCH):
+            raise ValueError(f"runtime must be '{TORCH}' or '{EXECUTORCH}', not {runtime!r}")
         self.client = DeviceClient(base_url)
         self.model = model
         self.version = version
