@@ -19,6 +19,7 @@ from firegrid.executorch_plans import TrainingProgram
 from firegrid.operator_client import OperatorClient
 from firegrid.plans import build_plan, load_plan, state_of
 from firegrid.tensors import encode_state
+from tests.unit.test_executorch_plans import AvgPoolNet
 
 from .support import Api, host_body
 
@@ -116,17 +117,6 @@ def test_get_plan_serves_the_program_hosting_built_and_names_the_variants(
     missing = get("layers")
     assert missing.status_code == 404
     assert missing.json()["code"] == "variant_not_hosted"
-
-
-class AvgPoolNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * 4 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        images = x.reshape(x.shape[0], 1, 8, 8)
-        return self.fc(torch.nn.functional.avg_pool2d(self.conv(images), 2).flatten(1))
 
 
 def test_a_model_executorch_cannot_train_is_refused_at_hosting_with_the_reason(
