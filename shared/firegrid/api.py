@@ -21,7 +21,7 @@ from firegrid.domain.config import ClientConfig, ServerConfig
 from firegrid.domain.errors import BadRequest
 from firegrid.domain.fields import Fields
 from firegrid.domain.push import PushType
-from firegrid.domain.variants import LAYERS, check_layers_recipe, requested_variants, served_variant
+from firegrid.domain.variants import check_recipe, requested_variants, served_variant
 
 QUERY = "the query"
 
@@ -304,7 +304,7 @@ class HostTraining:
     plan_names: tuple[str, ...]
     """The plans hosted, ``training_plan`` among them."""
     variants: tuple[str, ...]
-    """Variants besides ``torch`` that hosting builds from each plan (``layers``)."""
+    """Variants besides ``torch`` that hosting builds from each plan (``domain.variants``)."""
     client_config: ClientConfig
     server_config: ServerConfig
 
@@ -315,8 +315,7 @@ class HostTraining:
         server_config = ServerConfig.parse(fields.raw.get("server_config"))
         plans = fields.raw.get("plans")
         variants = requested_variants(fields.raw.get("variants"))
-        if LAYERS in variants:
-            check_layers_recipe(client_config.raw)
+        check_recipe(variants, client_config.raw)
         if fields.flag("uploaded"):
             if fields.present("model"):
                 raise BadRequest("send either 'model' or 'uploaded', not both", "invalid_field")

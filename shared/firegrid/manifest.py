@@ -63,7 +63,8 @@ class FunctionSpec:
     account for a Firestore-triggered one (Eventarc calls it as that account)."""
     extras: tuple[str, ...] = ()
     """Optional dependency sets of pyproject.toml it installs besides the core ones:
-    ``hosting`` (torch, to validate plans) for the one function that hosts; the others
+    ``hosting`` (torch, to validate plans) and ``executorch`` (its runtime, to validate
+    ExecuTorch plans) for the one function that hosts; the others
     stay lean, so a cold start neither downloads nor imports torch."""
 
 
@@ -78,7 +79,8 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         target="admin",
         signature="http",
         memory="4GiB",
-        extras=("hosting", "privacy"),  # hosting checks a dp budget against one cycle
+        # hosting checks a dp budget against one cycle, and ExecuTorch plans in its runtime
+        extras=("hosting", "privacy", "executorch"),
     ),
     FunctionSpec(
         name="tick",

@@ -45,6 +45,17 @@ def build_plan(module: torch.nn.Module, sample_input: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def loss_function(name: str) -> Any:
+    """The torch function of ``client_config.loss`` (``domain.config.LOSSES``)."""
+    import torch.nn.functional as F
+
+    return {
+        "cross_entropy": F.cross_entropy,
+        "mse": F.mse_loss,
+        "bce_with_logits": F.binary_cross_entropy_with_logits,
+    }[name]
+
+
 def state_of(module: torch.nn.Module) -> dict[str, npt.NDArray[Any]]:
     """The module's state_dict as numpy arrays (what a checkpoint holds)."""
     return {name: t.detach().cpu().numpy().copy() for name, t in module.state_dict().items()}

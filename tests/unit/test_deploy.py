@@ -240,8 +240,9 @@ def test_each_function_is_staged_with_main_the_package_and_its_own_requirements(
     lean = (sources["model-centric"] / "requirements.txt").read_text().splitlines()
     assert not any("torch" in line or "dp-accounting" in line for line in lean)
     accountant = next(line for line in admin if line.startswith("dp-accounting"))
-    # The same core, without torch or the privacy accountant (scipy).
-    assert set(lean) == set(admin) - {admin[0], "torch==2.13.0", accountant}
+    assert "executorch==1.4.1" in admin  # validates ExecuTorch plans in their runtime
+    # The same core, without torch, ExecuTorch or the privacy accountant (scipy).
+    assert set(lean) == set(admin) - {admin[0], "torch==2.13.0", "executorch==1.4.1", accountant}
     tick = (sources["tick"] / "requirements.txt").read_text().splitlines()
     assert accountant in tick and not any("torch" in line for line in tick)
 

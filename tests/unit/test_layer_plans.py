@@ -149,7 +149,9 @@ def test_a_spec_whose_forward_differs_from_the_plans_is_refused(monkeypatch) -> 
 
 
 def test_an_unknown_receive_operations_as_lists_the_accepted_ones() -> None:
-    with pytest.raises(BadRequest, match=r"use one of \['layers', 'torch'\]") as refused:
+    with pytest.raises(
+        BadRequest, match=r"use one of \['executorch', 'layers', 'torch'\]"
+    ) as refused:
         served_variant("tfjs")
 
     assert (served_variant(None), served_variant("layers")) == ("torch", "layers")
@@ -201,14 +203,15 @@ def test_a_variant_not_hosted_is_a_clear_404(ctx: Context, tiny: tuple[State, by
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"variants": ["tfjs"]}, "'variants' must be a list of distinct names among ['layers']"),
+        ({"variants": ["tfjs"]}, "distinct names among ['executorch', 'layers']"),
         ({"variants": ["layers", "layers"]}, "distinct names"),
         ({"variants": "layers"}, "must be a list"),
         ({"variants": [{}, ["layers"]]}, "must be a list"),
         (
             {"variants": ["layers"], "client_config": {"name": "m", "version": "1", "loss": "mse",
                                                         "optimizer": "adam"}},
-            "optimizer ['sgd']; client_config asks for loss 'mse' and optimizer 'adam'",
+            "the 'layers' variant cannot train this client_config: the browser engine trains "
+            "with optimizer ['sgd'], not 'adam'",
         ),
     ],
 )  # fmt: skip

@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from firegrid.client.protocol import Assignment, DeviceClient, ServerError
+from firegrid.domain.variants import EXECUTORCH, TORCH
 
 
 class Outcome(StrEnum):
@@ -67,7 +69,12 @@ class Device:
         auth_token: str | None = None,
         seed: int = 0,
         sleep: Callable[[float], None] = time.sleep,
+        runtime: str = TORCH,
     ) -> None:
+        """``runtime``: ``torch`` trains the ``torch.export`` plan with torch's autograd;
+        ``executorch`` trains the ExecuTorch plan in ExecuTorch's runtime, as a phone."""
+        if runtime not in (TORCH, EXECUTORCH):
+            raise ValueError(f"runtime must be '{TORCH}' or '{EXECUTORCH}', not {runtime!r}")
         self.client = DeviceClient(base_url)
         self.model = model
         self.version = version
@@ -75,6 +82,7 @@ class Device:
         self.auth_token = auth_token
         self.seed = seed
         self.sleep = sleep
+        self.runtime = runtime
         self.worker_id: str | None = None
         self._plans: dict[str, Any] = {}
 
@@ -119,19 +127,19 @@ class Device:
     def _train_and_report(
         self, assignment: Assignment, *, drop: bool, delay_s: float
     ) -> CycleResult:
-        from firegrid.client.training import accuracy, train
-
         started = time.monotonic()
-        plan = self.client.get_plan(assignment)
+        plan = self.client.get_plan(assignment, variant=self.runtime)
         checkpoint = self.client.get_model(assignment)
-        plan_module = self._plan(plan)
+        plan_module, trainer = self._plan(plan)
         local_accuracy = None
         if len(self.data.y_test):
-            local_accuracy = accuracy(plan_module, checkpoint, self.data.x_test, self.data.y_test)
+            local_accuracy = trainer.accuracy(
+                plan_module, checkpoint, self.data.x_test, self.data.y_test
+            )
         if drop:
             return CycleResult(outcome=Outcome.DROPPED, cycle_id=assignment.cycle_id)
         seed = self.seed * 100_003 + assignment.cycle_id
-        diff, num_samples = train(
+        diff, num_samples = trainer.train(
             plan_module, checkpoint, self.data.x_train, self.data.y_train,
             assignment.client_config, seed=seed,
         )  # fmt: skip
@@ -183,11 +191,17 @@ class Device:
                 self.sleep(result.timeout)
         return results
 
-    def _plan(self, plan: bytes) -> Any:
-        """The plan's module, loaded once per distinct plan."""
-        from firegrid.plans import load_plan
+    def _plan(self, plan: bytes) -> tuple[Any, ModuleType]:
+        """The plan loaded for this device's runtime (once per distinct plan), and the
+        module that trains it (``train`` and ``accuracy``, the same for both)."""
+        if self.runtime == EXECUTORCH:
+            from firegrid.client import executorch_training as trainer
+            from firegrid.executorch_plans import TrainingProgram as load
+        else:
+            from firegrid.client import training as trainer  # type: ignore[no-redef]
+            from firegrid.plans import load_plan as load  # type: ignore[assignment]
 
         key = hashlib.sha256(plan).hexdigest()
         if key not in self._plans:
-            self._plans = {key: load_plan(plan)}
-        return self._plans[key]
+            self._plans = {key: load(plan)}
+        return self._plans[key], trainer

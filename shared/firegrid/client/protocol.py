@@ -10,6 +10,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
+from firegrid.domain.variants import TORCH
 from firegrid.functions_client import FunctionClient, ServerError
 
 __all__ = ["Assignment", "DeviceClient", "ServerError"]
@@ -73,12 +74,15 @@ class DeviceClient(FunctionClient):
         }
         return self._call("GET", "get-model", params=params).content
 
-    def get_plan(self, assignment: Assignment, name: str = "training_plan") -> bytes:
+    def get_plan(
+        self, assignment: Assignment, name: str = "training_plan", variant: str = TORCH
+    ) -> bytes:
+        """The plan in ``variant`` (a name of ``domain.variants.VARIANTS``)."""
         params = {
             "worker_id": assignment.worker_id,
             "request_key": assignment.request_key,
             "plan_id": assignment.plans[name],
-            "receive_operations_as": "torch",
+            "receive_operations_as": variant,
         }
         return self._call("GET", "get-plan", params=params).content
 

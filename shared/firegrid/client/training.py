@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from firegrid.domain.variants import batch_size
+from firegrid.plans import loss_function
 from firegrid.tensors import decode_state, encode_state
 
 
@@ -22,16 +24,6 @@ def _load(module: Any, checkpoint: bytes) -> dict[str, npt.NDArray[Any]]:
     state = decode_state(checkpoint, "checkpoint")
     module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=True)
     return state
-
-
-def _loss(name: str) -> Any:
-    import torch.nn.functional as F
-
-    return {
-        "cross_entropy": F.cross_entropy,
-        "mse": F.mse_loss,
-        "bce_with_logits": F.binary_cross_entropy_with_logits,
-    }[name]
 
 
 def _optimizer(params: list[Any], config: Mapping[str, Any]) -> Any:
@@ -50,8 +42,7 @@ def steps_for(num_samples: int, config: Mapping[str, Any]) -> int:
     """``max_updates`` if set, else ``epochs`` (default 1) passes over the data."""
     if config.get("max_updates"):
         return int(config["max_updates"])
-    batch_size = int(config.get("batch_size", 32))
-    return int(config.get("epochs", 1)) * -(-num_samples // batch_size)
+    return int(config.get("epochs", 1)) * -(-num_samples // batch_size(config))
 
 
 def train(
@@ -70,18 +61,18 @@ def train(
     before = _load(module, checkpoint)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = _optimizer(params, config)
-    loss_fn = _loss(str(config.get("loss", "cross_entropy")))
+    loss_fn = loss_function(str(config.get("loss", "cross_entropy")))
     mu = float(config.get("fedprox_mu", 0.0))
     anchor = [p.detach().clone() for p in params]
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-    batch_size = min(int(config.get("batch_size", 32)), len(x))
+    size = min(batch_size(config), len(x))
     order = torch.randperm(len(x), generator=generator)
     for step in range(steps_for(len(x), config)):
-        start = (step * batch_size) % len(x)
-        if start + batch_size > len(x):
+        start = (step * size) % len(x)
+        if start + size > len(x):
             order = torch.randperm(len(x), generator=generator)
             start = 0
-        batch = order[start : start + batch_size]
+        batch = order[start : start + size]
         optimizer.zero_grad()
         loss = loss_fn(module(inputs[batch]), targets[batch])
         if mu > 0:  # FedProx's proximal term keeps local models near the global one

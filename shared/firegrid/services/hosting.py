@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from firegrid.domain.errors import BadRequest, Conflict, NotFound
 from firegrid.domain.fields import is_reserved_name
 from firegrid.domain.keys import stable_id
 from firegrid.domain.model import Process
-from firegrid.domain.variants import LAYERS
+from firegrid.domain.variants import EXECUTORCH, LAYERS
 from firegrid.manifest import aggregation_memory_bytes
 from firegrid.services.context import Context
 from firegrid.services.results import Deleted, Hosted, HostingUploads
@@ -125,7 +126,7 @@ def _host(
     schema = schema_of(model)
     check_aggregation_fits(schema, server_config, aggregation_memory_bytes())
     plans = _validate_plans(plan_bytes, model)
-    built = _build_variants(plans, model, request.variants)
+    built = _build_variants(plans, model, request.variants, client_config)
     del model  # only the bytes are stored: the decoded copy need not outlive validation
 
     existing = ctx.repo.get_process(process_id)
@@ -250,13 +251,20 @@ def _validate_plans(plans: Mapping[str, bytes], model: Mapping[str, Any]) -> dic
 
 
 def _build_variants(
-    plans: Mapping[str, bytes], model: Mapping[str, Any], variants: tuple[str, ...]
+    plans: Mapping[str, bytes],
+    model: Mapping[str, Any],
+    variants: tuple[str, ...],
+    client_config: ClientConfig,
 ) -> dict[str, dict[str, bytes]]:
     """Each requested variant of every plan, built from its ``torch`` program and checked
-    against the model (only ``layers`` is built at hosting)."""
-    from firegrid.layer_plans import layers_variant  # imports torch: hosting only
+    against the model (``domain.variants``: every variant but ``torch``)."""
+    from firegrid.executorch_plans import executorch_variant  # imports torch: hosting only
+    from firegrid.layer_plans import layers_variant
 
-    build = {LAYERS: layers_variant}
+    build: dict[str, Callable[[bytes, Mapping[str, Any], str], bytes]] = {
+        LAYERS: layers_variant,
+        EXECUTORCH: functools.partial(executorch_variant, recipe=client_config.raw),
+    }
     return {
         variant: {name: build[variant](data, model, name) for name, data in plans.items()}
         for variant in variants
