@@ -74,17 +74,17 @@ def mean_staleness(entries: Iterable[Assignment]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def place_expired(place: Assignment, now: datetime, config: ServerConfig) -> bool:
-    """A place not reported within ``cycle_length`` of its acceptance is freed."""
-    if config.cycle_length is None:
-        return False
-    return place.assigned_at + timedelta(seconds=config.cycle_length) <= now
-
-
 def place_deadline(place: Assignment, config: ServerConfig) -> datetime | None:
+    """``cycle_length`` after the place's acceptance (None without a cycle length)."""
     if config.cycle_length is None:
         return None
     return place.assigned_at + timedelta(seconds=config.cycle_length)
+
+
+def place_expired(place: Assignment, now: datetime, config: ServerConfig) -> bool:
+    """A place not reported by its deadline is freed."""
+    deadline = place_deadline(place, config)
+    return deadline is not None and deadline <= now
 
 
 class BufferClosed(Conflict):
