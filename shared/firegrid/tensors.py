@@ -166,4 +166,6 @@ def view_state(data: bytes, what: str = "tensor file") -> dict[str, npt.NDArray[
 
 
 def encode_state(state: Mapping[str, npt.NDArray[Any]]) -> bytes:
-    return save({name: np.ascontiguousarray(t) for name, t in state.items()})
+    # Not np.ascontiguousarray alone: it turns a 0-d tensor (batch norm's
+    # num_batches_tracked) into shape [1], which then no longer fits the model.
+    return save({name: np.ascontiguousarray(t).reshape(np.shape(t)) for name, t in state.items()})

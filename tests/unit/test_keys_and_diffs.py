@@ -78,6 +78,18 @@ def test_safetensors_codec_round_trips_and_refuses_garbage() -> None:
         decode_state(b"\x00" * 16)
 
 
+def test_a_scalar_tensor_keeps_its_empty_shape() -> None:
+    """Batch norm's ``num_batches_tracked`` is 0-d: it must come back 0-d, not as [1]."""
+    state = {"bn.num_batches_tracked": np.array(7, dtype=np.int64), "w": np.ones((2, 3), "f4")}
+
+    for decoded in (decode_state(encode_state(state)), view_state(encode_state(state))):
+        assert {name: t.shape for name, t in decoded.items()} == {
+            "bn.num_batches_tracked": (),
+            "w": (2, 3),
+        }
+        assert int(decoded["bn.num_batches_tracked"]) == 7
+
+
 @pytest.mark.parametrize("seq", ["²", "\u0661", "1" * 19, " 1", "+1"])
 def test_request_keys_with_unusual_digits_are_forged_not_errors(seq: str) -> None:
     key = issue_request_key("secret", "p", "w", KeyScope(1, 0))
