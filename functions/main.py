@@ -99,7 +99,12 @@ def model_centric(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def admin(request: flask.Request) -> flask.Response:
-    if wire.route_path(request) in console.FILES:
+    path = wire.route_path(request)
+    if path in console.FILES:
+        if path == console.PAGE and request.path.endswith("/"):
+            # The page's links are relative to ``.../console``: from ``.../console/`` they
+            # would miss. Relative, so it holds under any prefix or proxy.
+            return flask.Response(status=308, headers={"Location": "../console"})
         return wire.dispatch(request, CONSOLE_ROUTES, context)
     return wire.dispatch(request, ADMIN_ROUTES, context, guard=_admin_guard)
 

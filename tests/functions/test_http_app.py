@@ -323,6 +323,15 @@ def test_the_console_is_served_without_credentials_under_a_self_only_policy(
     assert client.post("/console").status_code == 405
 
 
+def test_the_console_with_a_trailing_slash_redirects_to_the_page_its_links_work_from(
+    app,
+) -> None:
+    response = app("admin").get("/console/")
+
+    assert response.status_code == 308
+    assert response.headers["Location"] == "../console"  # relative: any prefix or proxy
+
+
 def test_with_the_bearer_token_admin_and_tick_answer(app) -> None:
     status = app("admin").get("/status?name=mnist", headers=ADMIN)
     tick = app("tick").post("/", headers=ADMIN)

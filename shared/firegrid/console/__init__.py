@@ -20,8 +20,11 @@ class Asset:
     content_type: str
 
 
+PAGE = "/console"
+"""The page's path under the admin function."""
+
 FILES = {
-    "/console": ("index.html", "text/html; charset=utf-8"),
+    PAGE: ("index.html", "text/html; charset=utf-8"),
     "/console/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/console/style.css": ("style.css", "text/css; charset=utf-8"),
 }
