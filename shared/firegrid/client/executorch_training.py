@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from firegrid.client.training import steps_for
+from firegrid.client.training import encode_diff, sgd_settings, steps_for
 from firegrid.domain.variants import EXECUTORCH, recipe_problem
 from firegrid.executorch_plans import TrainingProgram
-from firegrid.tensors import decode_state, encode_state
+from firegrid.tensors import decode_state
 
 
 class UnsupportedRecipe(ValueError):
@@ -46,14 +46,9 @@ def _sgd(program: TrainingProgram, config: Mapping[str, Any]) -> Any:
     problem = recipe_problem(EXECUTORCH, config)
     if problem:
         raise UnsupportedRecipe(problem)
-    return get_sgd_optimizer(
-        program.parameters(),
-        float(config.get("lr", 0.01)),
-        float(config.get("momentum", 0.0)),
-        0.0,
-        float(config.get("weight_decay", 0.0)),
-        False,
-    )
+    lr, momentum, weight_decay = sgd_settings(config)
+    # Positional: (parameters, lr, momentum, dampening, weight_decay, nesterov).
+    return get_sgd_optimizer(program.parameters(), lr, momentum, 0.0, weight_decay, False)
 
 
 def train(
@@ -83,8 +78,7 @@ def train(
             for name, grad in grads.items():
                 grad.add_(parameters[name] - torch.from_numpy(before[name]), alpha=mu)
         optimizer.step(grads)
-    diff = {k: (before[k] - parameters[k].numpy()).astype(before[k].dtype) for k in before}
-    return encode_state(diff), len(x)
+    return encode_diff(before, {k: parameters[k].numpy() for k in before}), len(x)
 
 
 def _batches(

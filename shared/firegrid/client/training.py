@@ -26,16 +26,30 @@ def _load(module: Any, checkpoint: bytes) -> dict[str, npt.NDArray[Any]]:
     return state
 
 
+def sgd_settings(config: Mapping[str, Any]) -> tuple[float, float, float]:
+    """The recipe's ``(lr, momentum, weight_decay)``, with their defaults: one reading for
+    every runtime that trains it."""
+    return (
+        float(config.get("lr", 0.01)),
+        float(config.get("momentum", 0.0)),
+        float(config.get("weight_decay", 0.0)),
+    )
+
+
+def encode_diff(
+    before: Mapping[str, npt.NDArray[Any]], after: Mapping[str, npt.NDArray[Any]]
+) -> bytes:
+    """``params_at_download - params_after_training`` in the checkpoint's dtypes."""
+    return encode_state({k: (before[k] - after[k]).astype(before[k].dtype) for k in before})
+
+
 def _optimizer(params: list[Any], config: Mapping[str, Any]) -> Any:
     import torch
 
-    lr = float(config.get("lr", 0.01))
-    decay = float(config.get("weight_decay", 0.0))
+    lr, momentum, decay = sgd_settings(config)
     if config.get("optimizer", "sgd") == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=decay)
-    return torch.optim.SGD(
-        params, lr=lr, momentum=float(config.get("momentum", 0.0)), weight_decay=decay
-    )
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
 
 
 def steps_for(num_samples: int, config: Mapping[str, Any]) -> int:
@@ -82,8 +96,7 @@ def train(
         loss.backward()
         optimizer.step()
     after = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-    diff = {k: (before[k] - after[k]).astype(before[k].dtype) for k in before}
-    return encode_state(diff), len(x)
+    return encode_diff(before, after), len(x)
 
 
 def accuracy(module: Any, checkpoint: bytes, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> float:
