@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import functools
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,7 @@ import numpy as np
 from firegrid.domain import blobs
 from firegrid.domain.config import ServerConfig
 from firegrid.domain.optimizers import ServerOptimizer
+from firegrid.local.stack import StackInfo
 from firegrid.services.context import Context
 
 State = dict[str, np.ndarray]
@@ -114,3 +117,25 @@ def server_optimizer(raw: dict[str, Any]) -> ServerOptimizer:
     optimizer = ServerConfig.parse(base).server_optimizer
     assert optimizer is not None
     return optimizer
+
+
+def write_stack_file(
+    directory: Path, *, base_url: str, admin_token: str, pids: dict[str, int]
+) -> None:
+    """A ``stack.json`` in ``directory`` naming a stack at ``base_url`` (the emulator
+    addresses are placeholders), as ``firegrid stack up`` writes it."""
+    stack = StackInfo(
+        base_url=base_url,
+        admin_token=admin_token,
+        project_id="demo-firegrid",
+        bucket="bucket",
+        firestore_host="127.0.0.1:1",
+        storage_host="http://127.0.0.1:2",
+        router_url="http://127.0.0.1:3",
+        tick_seconds=0,
+        pids=pids,
+        started_at=datetime.now(UTC),
+        log_dir=str(directory),
+        source="functions/main.py",
+    )
+    (directory / "stack.json").write_text(stack.to_json())

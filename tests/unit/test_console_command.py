@@ -6,33 +6,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from firegrid.commands import main
-from firegrid.local.stack import StackInfo
+from tests.common import write_stack_file
 
 TOKEN = "s3cret-admin-token"
 
 
 def write_stack(directory: Path, pids: dict[str, int]) -> None:
-    stack = StackInfo(
-        base_url="http://127.0.0.1:8123",
-        admin_token=TOKEN,
-        project_id="demo-firegrid",
-        bucket="bucket",
-        firestore_host="127.0.0.1:1",
-        storage_host="http://127.0.0.1:2",
-        router_url="http://127.0.0.1:3",
-        tick_seconds=0,
-        pids=pids,
-        started_at=datetime.now(UTC),
-        log_dir=str(directory),
-        source="functions/main.py",
-    )
-    (directory / "stack.json").write_text(stack.to_json())
+    write_stack_file(directory, base_url="http://127.0.0.1:8123", admin_token=TOKEN, pids=pids)
 
 
 def test_it_prints_the_console_url_and_where_the_token_is(

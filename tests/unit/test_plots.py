@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from firegrid.commands import main
-from firegrid.local.stack import StackInfo
 from firegrid.plots import RoundStat, plot_accuracy, round_stats
+from tests.common import write_stack_file
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOKEN = "test-admin-token"
@@ -193,21 +192,7 @@ def test_plot_writes_the_png_and_prints_its_path(
 def test_connection_defaults_come_from_the_local_stack(
     base_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack = StackInfo(
-        base_url=base_url,
-        admin_token=TOKEN,
-        project_id="demo-firegrid",
-        bucket="bucket",
-        firestore_host="127.0.0.1:1",
-        storage_host="http://127.0.0.1:2",
-        router_url="http://127.0.0.1:3",
-        tick_seconds=0,
-        pids={},
-        started_at=datetime.now(UTC),
-        log_dir=str(tmp_path),
-        source="functions/main.py",
-    )
-    (tmp_path / "stack.json").write_text(stack.to_json())
+    write_stack_file(tmp_path, base_url=base_url, admin_token=TOKEN, pids={})
 
     assert main(["metrics", "mnist", "1.0", "--dir", str(tmp_path)]) == 0
     assert "0.8750" in capsys.readouterr().out
