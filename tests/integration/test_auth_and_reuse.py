@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
+
+from firegrid.local.serving import serving
 
 from .support import Api, cycle_seq, wait_for
 
@@ -43,13 +44,8 @@ class _Vouch(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def vouch_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Vouch)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/verify"
-    finally:
-        server.shutdown()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Vouch)) as base_url:
+        yield f"{base_url}/verify"
 
 
 def test_third_party_endpoint_vouches_for_tokens(api: Api, vouch_url: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -19,20 +18,15 @@ from firegrid.domain.push import PushMessage, PushType, messages_to, push_data
 from firegrid.local._process import free_port
 from firegrid.local.fcm_app import local_messaging_app
 from firegrid.local.fcm_endpoint import FcmEndpoint, server
+from firegrid.local.serving import serving
 
 DATA = push_data(PushType.REQUEST_FOR_CYCLE, model="mnist", version="1.0", cycle_id=3)
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    httpd = server(0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join()
+    with serving(server(0)) as url:
+        yield url
 
 
 @pytest.fixture

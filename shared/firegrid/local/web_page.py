@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+
+from firegrid.local.serving import serving
 
 SDK = "firegrid-device.js"
 PAGE = b"""<!doctype html>
@@ -52,12 +53,5 @@ class _Handler(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def served_page() -> Iterator[str]:
     """The page's origin, on a free 127.0.0.1 port, for as long as the context lasts."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Handler)) as base_url:
+        yield f"{base_url}/"
