@@ -4,8 +4,8 @@ failure a 401 or a 503."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from firegrid.adapters.auth import JwtVerifier, firebase_error
 from firegrid.domain.config import AuthConfig, ServerConfig
 from firegrid.domain.errors import BadRequest, Unauthorized, Unavailable
+from firegrid.local.serving import serving
 from firegrid.wire import status_of
 
 # PyGrid's own fixture: HS256 over an empty payload with the secret "abc".
@@ -158,8 +159,8 @@ def _answer(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
 @pytest.fixture
 def endpoint() -> Iterator[Callable[[Behaviour], str]]:
     """``endpoint(behaviour)``: a loopback URL whose POST handler is ``behaviour``."""
-    servers: list[ThreadingHTTPServer] = []
     hits: list[str] = []
+    running = contextlib.ExitStack()
 
     def start(behaviour: Behaviour) -> str:
         class Handler(BaseHTTPRequestHandler):
@@ -173,16 +174,12 @@ def endpoint() -> Iterator[Callable[[Behaviour], str]]:
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{server.server_address[1]}/verify"
+        server.daemon_threads = True  # a handler left hanging must not hold the close
+        return f"{running.enter_context(serving(server))}/verify"
 
     start.hits = hits  # type: ignore[attr-defined]
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with running:
+        yield start
 
 
 def _local(timeout_s: float = 5.0) -> JwtVerifier:
